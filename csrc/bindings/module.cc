@@ -1,0 +1,473 @@
+// pyslim._C: thin binders. Each one validates its arguments (dtype, shape, contiguity, device, sizes,
+// parameter values) before any kernel touches memory, releases the GIL, and calls a CPU driver or a
+// CUDA launcher. No math lives here.
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <cmath>
+#include <cstdlib>
+#include <optional>
+#include <string>
+
+#include "pyslim/fake_quant.h"
+#include "pyslim/isa.h"
+#include "pyslim/kernels.h"
+#include "tensor_arg.h"
+#if defined(PYSLIM_WITH_CUDA)
+#include "pyslim/cuda_kernels.h"
+#endif
+
+#ifndef PYSLIM_VERSION
+#define PYSLIM_VERSION "0.0.0"
+#endif
+
+namespace py = pybind11;
+
+namespace pyslim {
+namespace binding {
+namespace {
+
+using OptAxis = std::optional<int64_t>;
+using OptCapsule = std::optional<py::capsule>;
+
+RoundMode round_mode(int v) {
+  if (v != 0 && v != 1) throw py::value_error("round_mode must be 0 (half_to_even) or 1 (half_away_from_zero); got " +
+                                              std::to_string(v));
+  return static_cast<RoundMode>(v);
+}
+
+GradMask grad_mask(int v) {
+  if (v < 0 || v > 2) throw py::value_error("grad_mask must be 0 (ste), 1 (clipped) or 2 (clipped, strict); got " +
+                                            std::to_string(v));
+  return static_cast<GradMask>(v);
+}
+
+int32_t bin_for_bits(int bits) {
+  if (bits < 2 || bits > 16) throw py::value_error("bits must be in [2, 16]; got " + std::to_string(bits));
+  return (int32_t{1} << (bits - 1)) - 1;
+}
+
+int thread_count(int threads) {
+  if (threads < 1) throw py::value_error("threads must be >= 1; got " + std::to_string(threads));
+  return threads;
+}
+
+void require_cuda_built(const TensorArg& x) {
+#if !defined(PYSLIM_WITH_CUDA)
+  if (x.on_cuda())
+    throw py::value_error(x.name + " is a CUDA tensor, but this pyslim build has no CUDA kernels "
+                                   "(rebuild with PYSLIM_ENABLE_CUDA=ON)");
+#else
+  (void)x;
+#endif
+}
+
+// Checks a parameter tensor (scale: float32, zero_point: int32) against the layout.
+void require_params(const TensorArg& x, const ChannelLayout& l, const TensorArg& scale, const TensorArg* zero_point) {
+  const char* what = l.channels == 1 && l.outer == 1 ? "one per tensor" : "one per channel";
+  scale.require_dtype(DType::kFloat32).require_contiguous().require_same_device(x).require_numel(l.channels, what);
+  if (zero_point)
+    zero_point->require_dtype(DType::kInt32).require_contiguous().require_same_device(x).require_numel(l.channels,
+                                                                                                        what);
+}
+
+// Given scales must be finite and > 0; on the CPU this is checked here (the Python layer checks CUDA ones).
+void require_positive_scales(const TensorArg& scale) {
+  if (scale.on_cuda()) return;
+  const float* s = scale.ptr<float>();
+  for (int64_t i = 0; i < scale.numel(); ++i) {
+    if (!(std::isfinite(s[i]) && s[i] > 0.0f))
+      throw py::value_error(scale.name + " must be finite and > 0; " + scale.name + "[" + std::to_string(i) +
+                            "] = " + std::to_string(s[i]));
+  }
+}
+
+void require_zero_points(const TensorArg& zp, int32_t qmin, int32_t qmax) {
+  if (zp.on_cuda()) return;
+  const int32_t* z = zp.ptr<int32_t>();
+  for (int64_t i = 0; i < zp.numel(); ++i) {
+    if (z[i] < qmin || z[i] > qmax)
+      throw py::value_error(zp.name + " must lie in [quant_min, quant_max] = [" + std::to_string(qmin) + ", " +
+                            std::to_string(qmax) + "]; " + zp.name + "[" + std::to_string(i) + "] = " +
+                            std::to_string(z[i]));
+  }
+}
+
+void require_range(int64_t qmin, int64_t qmax, int64_t lo, int64_t hi, const char* type) {
+  if (qmin < lo || qmax > hi || qmin >= qmax)
+    throw py::value_error(std::string("quant_min/quant_max must satisfy ") + std::to_string(lo) +
+                          " <= quant_min < quant_max <= " + std::to_string(hi) + " for " + type + "; got [" +
+                          std::to_string(qmin) + ", " + std::to_string(qmax) + "]");
+}
+
+TensorArg output_like(const py::capsule& cap, const char* name, const TensorArg& x, DType dtype) {
+  TensorArg out = tensor_arg(cap, name);
+  out.require_dtype(dtype).require_contiguous().require_same_shape(x).require_same_device(x);
+  return out;
+}
+
+TensorArg float_input(const py::capsule& cap, const char* name) {
+  TensorArg x = tensor_arg(cap, name);
+  x.require_dtype(DType::kFloat32).require_contiguous();
+  require_cuda_built(x);
+  return x;
+}
+
+std::optional<TensorArg> optional_sum(const OptCapsule& cap, const char* name, const TensorArg& x,
+                                      const ChannelLayout& l) {
+  if (!cap) return std::nullopt;
+  TensorArg a = tensor_arg(*cap, name);
+  a.require_dtype(DType::kFloat64).require_contiguous().require_same_device(x).require_numel(l.channels,
+                                                                                             "one per channel");
+  return a;
+}
+
+// ---------------------------------------------------------------------------------------------------------
+
+void abs_max(const py::capsule& x_cap, const py::capsule& out_cap, OptAxis axis, int threads, intptr_t stream) {
+  const TensorArg x = float_input(x_cap, "x");
+  const ChannelLayout l = channel_layout(x, axis);
+  const TensorArg out = tensor_arg(out_cap, "out");
+  out.require_dtype(DType::kFloat32).require_contiguous().require_same_device(x).require_numel(l.channels,
+                                                                                              "one per channel");
+  thread_count(threads);
+  py::gil_scoped_release release;
+#if defined(PYSLIM_WITH_CUDA)
+  if (x.on_cuda()) return cuda::abs_max_channels(x.ptr<float>(), l, out.ptr<float>(), stream);
+#endif
+  (void)stream;
+  abs_max_channels(active_kernels(), x.ptr<float>(), l, out.ptr<float>(), threads);
+}
+
+void fake_quant_symmetric_op(const py::capsule& x_cap, const py::capsule& y_cap, const py::capsule& scale_cap,
+                             OptAxis axis, int bits, int round, int threads, intptr_t stream) {
+  const TensorArg x = float_input(x_cap, "x");
+  const TensorArg y = output_like(y_cap, "out", x, DType::kFloat32);
+  require_no_partial_overlap(x, y);
+  const ChannelLayout l = channel_layout(x, axis);
+  const TensorArg scale = tensor_arg(scale_cap, "scale");
+  require_params(x, l, scale, nullptr);
+  require_positive_scales(scale);
+  const int32_t bin = bin_for_bits(bits);
+  const RoundMode rm = round_mode(round);
+  thread_count(threads);
+  py::gil_scoped_release release;
+#if defined(PYSLIM_WITH_CUDA)
+  if (x.on_cuda()) return cuda::fake_quant_symmetric(x.ptr<float>(), y.ptr<float>(), l, scale.ptr<float>(), bin, rm,
+                                                     stream);
+#endif
+  (void)stream;
+  fake_quant_symmetric(active_kernels(), x.ptr<float>(), y.ptr<float>(), l, scale.ptr<float>(), bin, rm, threads);
+}
+
+// abs_max / channel_wise_abs_max: the scale is reduced from x and written to scale_out, then x is
+// quantized with it, in one native call.
+void fake_quant_abs_max_op(const py::capsule& x_cap, const py::capsule& y_cap, const py::capsule& scale_cap,
+                           OptAxis axis, int bits, int round, int threads, intptr_t stream) {
+  const TensorArg x = float_input(x_cap, "x");
+  const TensorArg y = output_like(y_cap, "out", x, DType::kFloat32);
+  require_no_partial_overlap(x, y);
+  const ChannelLayout l = channel_layout(x, axis);
+  const TensorArg scale = tensor_arg(scale_cap, "scale_out");
+  require_params(x, l, scale, nullptr);
+  const int32_t bin = bin_for_bits(bits);
+  const RoundMode rm = round_mode(round);
+  thread_count(threads);
+  py::gil_scoped_release release;
+#if defined(PYSLIM_WITH_CUDA)
+  if (x.on_cuda()) {
+    cuda::abs_max_channels(x.ptr<float>(), l, scale.ptr<float>(), stream);
+    return cuda::fake_quant_symmetric(x.ptr<float>(), y.ptr<float>(), l, scale.ptr<float>(), bin, rm, stream);
+  }
+#endif
+  (void)stream;
+  const KernelTable& k = active_kernels();
+  abs_max_channels(k, x.ptr<float>(), l, scale.ptr<float>(), threads);
+  fake_quant_symmetric(k, x.ptr<float>(), y.ptr<float>(), l, scale.ptr<float>(), bin, rm, threads);
+}
+
+// PaddleSlim's bias-corrected moving average of the per-batch abs-max, updated in place:
+//   state = r*state + 1;  accum = r*accum + max|x|;  scale = accum / state   (all float32)
+void moving_average_abs_max_update_op(const py::capsule& x_cap, const py::capsule& state_cap,
+                                      const py::capsule& accum_cap, const py::capsule& scale_cap, double moving_rate,
+                                      int threads, intptr_t stream) {
+  const TensorArg x = float_input(x_cap, "x");
+  const ChannelLayout l = channel_layout(x, std::nullopt);
+  const TensorArg state = tensor_arg(state_cap, "state");
+  const TensorArg accum = tensor_arg(accum_cap, "accum");
+  const TensorArg scale = tensor_arg(scale_cap, "scale");
+  for (const TensorArg* b : {&state, &accum, &scale})
+    b->require_dtype(DType::kFloat32).require_contiguous().require_same_device(x).require_numel(1, "a scalar buffer");
+  if (!(moving_rate >= 0.0 && moving_rate < 1.0))
+    throw py::value_error("moving_rate must be in [0, 1); got " + std::to_string(moving_rate));
+  thread_count(threads);
+  py::gil_scoped_release release;
+  const float r = static_cast<float>(moving_rate);
+#if defined(PYSLIM_WITH_CUDA)
+  if (x.on_cuda())
+    return cuda::moving_average_update(x.ptr<float>(), x.numel(), state.ptr<float>(), accum.ptr<float>(),
+                                       scale.ptr<float>(), r, stream);
+#endif
+  (void)stream;
+  float current = 0.0f;
+  abs_max_channels(active_kernels(), x.ptr<float>(), l, &current, threads);
+  float& st = *state.ptr<float>();
+  float& ac = *accum.ptr<float>();
+  st = r * st + 1.0f;
+  ac = r * ac + current;
+  *scale.ptr<float>() = ac / st;
+}
+
+void fake_quant_symmetric_backward_op(const py::capsule& x_cap, const py::capsule& grad_cap,
+                                      const py::capsule& grad_x_cap, const py::capsule& scale_cap, OptAxis axis,
+                                      int bits, int round, int mask, const OptCapsule& grad_scale_cap, int threads,
+                                      intptr_t stream) {
+  const TensorArg x = float_input(x_cap, "x");
+  const TensorArg grad = tensor_arg(grad_cap, "grad");
+  grad.require_dtype(DType::kFloat32).require_contiguous().require_same_shape(x).require_same_device(x);
+  const TensorArg grad_x = output_like(grad_x_cap, "grad_x", x, DType::kFloat32);
+  require_no_partial_overlap(grad, grad_x);
+  require_no_partial_overlap(x, grad_x);
+  const ChannelLayout l = channel_layout(x, axis);
+  const TensorArg scale = tensor_arg(scale_cap, "scale");
+  require_params(x, l, scale, nullptr);
+  const auto grad_scale = optional_sum(grad_scale_cap, "grad_scale", x, l);
+  const int32_t bin = bin_for_bits(bits);
+  const RoundMode rm = round_mode(round);
+  const GradMask gm = grad_mask(mask);
+  thread_count(threads);
+  double* gs = grad_scale ? grad_scale->ptr<double>() : nullptr;
+  py::gil_scoped_release release;
+#if defined(PYSLIM_WITH_CUDA)
+  if (x.on_cuda())
+    return cuda::fake_quant_symmetric_backward(x.ptr<float>(), grad.ptr<float>(), grad_x.ptr<float>(), l,
+                                               scale.ptr<float>(), bin, rm, gm, gs, stream);
+#endif
+  (void)stream;
+  fake_quant_symmetric_backward(active_kernels(), x.ptr<float>(), grad.ptr<float>(), grad_x.ptr<float>(), l,
+                                scale.ptr<float>(), bin, rm, gm, gs, threads);
+}
+
+void fake_quant_affine_op(const py::capsule& x_cap, const py::capsule& y_cap, const py::capsule& scale_cap,
+                          const py::capsule& zp_cap, OptAxis axis, int64_t qmin, int64_t qmax, int round, int threads,
+                          intptr_t stream) {
+  const TensorArg x = float_input(x_cap, "x");
+  const TensorArg y = output_like(y_cap, "out", x, DType::kFloat32);
+  require_no_partial_overlap(x, y);
+  const ChannelLayout l = channel_layout(x, axis);
+  const TensorArg scale = tensor_arg(scale_cap, "scale");
+  const TensorArg zp = tensor_arg(zp_cap, "zero_point");
+  require_params(x, l, scale, &zp);
+  require_range(qmin, qmax, -(int64_t{1} << 31), (int64_t{1} << 31) - 1, "affine fake quantization");
+  require_positive_scales(scale);
+  require_zero_points(zp, static_cast<int32_t>(qmin), static_cast<int32_t>(qmax));
+  const RoundMode rm = round_mode(round);
+  thread_count(threads);
+  py::gil_scoped_release release;
+#if defined(PYSLIM_WITH_CUDA)
+  if (x.on_cuda())
+    return cuda::fake_quant_affine(x.ptr<float>(), y.ptr<float>(), l, scale.ptr<float>(), zp.ptr<int32_t>(),
+                                   static_cast<int32_t>(qmin), static_cast<int32_t>(qmax), rm, stream);
+#endif
+  (void)stream;
+  fake_quant_affine(active_kernels(), x.ptr<float>(), y.ptr<float>(), l, scale.ptr<float>(), zp.ptr<int32_t>(),
+                    static_cast<int32_t>(qmin), static_cast<int32_t>(qmax), rm, threads);
+}
+
+void fake_quant_affine_backward_op(const py::capsule& x_cap, const py::capsule& grad_cap,
+                                   const py::capsule& grad_x_cap, const py::capsule& scale_cap,
+                                   const py::capsule& zp_cap, OptAxis axis, int64_t qmin, int64_t qmax, int round,
+                                   int mask, const OptCapsule& grad_scale_cap, const OptCapsule& grad_zp_cap,
+                                   int threads, intptr_t stream) {
+  const TensorArg x = float_input(x_cap, "x");
+  const TensorArg grad = tensor_arg(grad_cap, "grad");
+  grad.require_dtype(DType::kFloat32).require_contiguous().require_same_shape(x).require_same_device(x);
+  const TensorArg grad_x = output_like(grad_x_cap, "grad_x", x, DType::kFloat32);
+  require_no_partial_overlap(grad, grad_x);
+  require_no_partial_overlap(x, grad_x);
+  const ChannelLayout l = channel_layout(x, axis);
+  const TensorArg scale = tensor_arg(scale_cap, "scale");
+  const TensorArg zp = tensor_arg(zp_cap, "zero_point");
+  require_params(x, l, scale, &zp);
+  require_range(qmin, qmax, -(int64_t{1} << 31), (int64_t{1} << 31) - 1, "affine fake quantization");
+  const auto grad_scale = optional_sum(grad_scale_cap, "grad_scale", x, l);
+  const auto grad_zp = optional_sum(grad_zp_cap, "grad_zero_point", x, l);
+  const RoundMode rm = round_mode(round);
+  const GradMask gm = grad_mask(mask);
+  if (gm == GradMask::kStrict) throw py::value_error("grad_mask 2 (strict) is not defined for affine fake quantization");
+  thread_count(threads);
+  double* gs = grad_scale ? grad_scale->ptr<double>() : nullptr;
+  double* gz = grad_zp ? grad_zp->ptr<double>() : nullptr;
+  py::gil_scoped_release release;
+#if defined(PYSLIM_WITH_CUDA)
+  if (x.on_cuda())
+    return cuda::fake_quant_affine_backward(x.ptr<float>(), grad.ptr<float>(), grad_x.ptr<float>(), l,
+                                            scale.ptr<float>(), zp.ptr<int32_t>(), static_cast<int32_t>(qmin),
+                                            static_cast<int32_t>(qmax), rm, gm, gs, gz, stream);
+#endif
+  (void)stream;
+  fake_quant_affine_backward(active_kernels(), x.ptr<float>(), grad.ptr<float>(), grad_x.ptr<float>(), l,
+                             scale.ptr<float>(), zp.ptr<int32_t>(), static_cast<int32_t>(qmin),
+                             static_cast<int32_t>(qmax), rm, gm, gs, gz, threads);
+}
+
+void quantize_op(const py::capsule& x_cap, const py::capsule& q_cap, const py::capsule& scale_cap,
+                 const py::capsule& zp_cap, OptAxis axis, int64_t qmin, int64_t qmax, int round, int threads,
+                 intptr_t stream) {
+  const TensorArg x = float_input(x_cap, "x");
+  TensorArg q = tensor_arg(q_cap, "out");
+  const DType qd = q.dtype();
+  if (qd != DType::kInt8 && qd != DType::kInt16) throw py::type_error("out must be int8 or int16; got " + q.dtype_name());
+  q.require_contiguous().require_same_shape(x).require_same_device(x);
+  require_no_partial_overlap(x, q);
+  if (qd == DType::kInt8) require_range(qmin, qmax, -128, 127, "int8");
+  else require_range(qmin, qmax, -32768, 32767, "int16");
+  const ChannelLayout l = channel_layout(x, axis);
+  const TensorArg scale = tensor_arg(scale_cap, "scale");
+  const TensorArg zp = tensor_arg(zp_cap, "zero_point");
+  require_params(x, l, scale, &zp);
+  require_positive_scales(scale);
+  require_zero_points(zp, static_cast<int32_t>(qmin), static_cast<int32_t>(qmax));
+  const RoundMode rm = round_mode(round);
+  thread_count(threads);
+  const auto lo = static_cast<int32_t>(qmin), hi = static_cast<int32_t>(qmax);
+  py::gil_scoped_release release;
+#if defined(PYSLIM_WITH_CUDA)
+  if (x.on_cuda()) {
+    if (qd == DType::kInt8)
+      return cuda::quantize_int8(x.ptr<float>(), q.ptr<int8_t>(), l, scale.ptr<float>(), zp.ptr<int32_t>(), lo, hi,
+                                 rm, stream);
+    return cuda::quantize_int16(x.ptr<float>(), q.ptr<int16_t>(), l, scale.ptr<float>(), zp.ptr<int32_t>(), lo, hi,
+                                rm, stream);
+  }
+#endif
+  (void)stream;
+  if (qd == DType::kInt8)
+    quantize_int8(active_kernels(), x.ptr<float>(), q.ptr<int8_t>(), l, scale.ptr<float>(), zp.ptr<int32_t>(), lo, hi,
+                  rm, threads);
+  else
+    quantize_int16(active_kernels(), x.ptr<float>(), q.ptr<int16_t>(), l, scale.ptr<float>(), zp.ptr<int32_t>(), lo,
+                   hi, rm, threads);
+}
+
+void dequantize_op(const py::capsule& q_cap, const py::capsule& y_cap, const py::capsule& scale_cap,
+                   const py::capsule& zp_cap, OptAxis axis, int threads, intptr_t stream) {
+  TensorArg q = tensor_arg(q_cap, "q");
+  const DType qd = q.dtype();
+  if (qd != DType::kInt8 && qd != DType::kInt16) throw py::type_error("q must be int8 or int16; got " + q.dtype_name());
+  q.require_contiguous();
+  require_cuda_built(q);
+  const TensorArg y = output_like(y_cap, "out", q, DType::kFloat32);
+  require_no_partial_overlap(q, y);
+  const ChannelLayout l = channel_layout(q, axis);
+  const TensorArg scale = tensor_arg(scale_cap, "scale");
+  const TensorArg zp = tensor_arg(zp_cap, "zero_point");
+  require_params(q, l, scale, &zp);
+  require_positive_scales(scale);
+  thread_count(threads);
+  py::gil_scoped_release release;
+#if defined(PYSLIM_WITH_CUDA)
+  if (q.on_cuda()) {
+    if (qd == DType::kInt8)
+      return cuda::dequantize_int8(q.ptr<int8_t>(), y.ptr<float>(), l, scale.ptr<float>(), zp.ptr<int32_t>(), stream);
+    return cuda::dequantize_int16(q.ptr<int16_t>(), y.ptr<float>(), l, scale.ptr<float>(), zp.ptr<int32_t>(), stream);
+  }
+#endif
+  (void)stream;
+  if (qd == DType::kInt8)
+    dequantize_int8(active_kernels(), q.ptr<int8_t>(), y.ptr<float>(), l, scale.ptr<float>(), zp.ptr<int32_t>(),
+                    threads);
+  else
+    dequantize_int16(active_kernels(), q.ptr<int16_t>(), y.ptr<float>(), l, scale.ptr<float>(), zp.ptr<int32_t>(),
+                     threads);
+}
+
+py::list isa_list(uint32_t mask) {
+  py::list out;
+  for (int i = 0; i < static_cast<int>(Isa::kCount); ++i)
+    if (mask & (1u << i)) out.append(isa_name(static_cast<Isa>(i)));
+  return out;
+}
+
+int cuda_device_count() {
+#if defined(PYSLIM_WITH_CUDA)
+  return cuda::device_count();
+#else
+  return 0;
+#endif
+}
+
+py::dict native_info() {
+  py::dict d;
+  d["version"] = PYSLIM_VERSION;
+  d["built_isas"] = isa_list(built_isas());
+  d["detected_isas"] = isa_list(detected_isas());
+  uint32_t usable = 0;
+  for (Isa i : usable_isas()) usable |= isa_bit(i);
+  d["usable_isas"] = isa_list(usable);
+  d["active_isa"] = isa_name(active_isa());
+#if defined(PYSLIM_WITH_CUDA)
+  d["cuda_built"] = true;
+#else
+  d["cuda_built"] = false;
+#endif
+  const int devices = cuda_device_count();
+  d["cuda_device_count"] = devices;
+  d["cuda_available"] = devices > 0;
+  return d;
+}
+
+}  // namespace
+}  // namespace binding
+}  // namespace pyslim
+
+PYBIND11_MODULE(_C, m) {
+  using namespace pyslim;
+  using namespace pyslim::binding;
+  m.doc() = "pyslim native core: ISA-dispatched kernels behind thin validating binders";
+
+  // PYSLIM_ISA forces a path for the whole process; an unknown or unsupported path fails the import with
+  // a message that names the variable and the paths this CPU has.
+  if (const char* env = std::getenv("PYSLIM_ISA")) {
+    if (*env) {
+      try {
+        force_isa(std::string(env));
+      } catch (const std::invalid_argument& e) {
+        throw py::value_error(std::string("PYSLIM_ISA=") + env + ": " + e.what());
+      }
+    }
+  }
+
+  m.def("native_info", &native_info, "Version, built/detected/usable/active ISA paths, CUDA build and devices.");
+  m.def("force_isa", [](const std::string& name) {
+    try {
+      force_isa(name);
+    } catch (const std::invalid_argument& e) {
+      throw py::value_error(e.what());
+    }
+  }, py::arg("name"));
+  m.def("active_isa", [] { return std::string(isa_name(active_isa())); });
+
+  m.def("abs_max", &abs_max, py::arg("x"), py::arg("out"), py::arg("axis"), py::arg("threads"), py::arg("stream"));
+  m.def("fake_quant_symmetric", &fake_quant_symmetric_op, py::arg("x"), py::arg("out"), py::arg("scale"),
+        py::arg("axis"), py::arg("bits"), py::arg("round_mode"), py::arg("threads"), py::arg("stream"));
+  m.def("fake_quant_abs_max", &fake_quant_abs_max_op, py::arg("x"), py::arg("out"), py::arg("scale_out"),
+        py::arg("axis"), py::arg("bits"), py::arg("round_mode"), py::arg("threads"), py::arg("stream"));
+  m.def("moving_average_abs_max_update", &moving_average_abs_max_update_op, py::arg("x"), py::arg("state"),
+        py::arg("accum"), py::arg("scale"), py::arg("moving_rate"), py::arg("threads"), py::arg("stream"));
+  m.def("fake_quant_symmetric_backward", &fake_quant_symmetric_backward_op, py::arg("x"), py::arg("grad"),
+        py::arg("grad_x"), py::arg("scale"), py::arg("axis"), py::arg("bits"), py::arg("round_mode"),
+        py::arg("grad_mask"), py::arg("grad_scale"), py::arg("threads"), py::arg("stream"));
+  m.def("fake_quant_affine", &fake_quant_affine_op, py::arg("x"), py::arg("out"), py::arg("scale"),
+        py::arg("zero_point"), py::arg("axis"), py::arg("quant_min"), py::arg("quant_max"), py::arg("round_mode"),
+        py::arg("threads"), py::arg("stream"));
+  m.def("fake_quant_affine_backward", &fake_quant_affine_backward_op, py::arg("x"), py::arg("grad"),
+        py::arg("grad_x"), py::arg("scale"), py::arg("zero_point"), py::arg("axis"), py::arg("quant_min"),
+        py::arg("quant_max"), py::arg("round_mode"), py::arg("grad_mask"), py::arg("grad_scale"),
+        py::arg("grad_zero_point"), py::arg("threads"), py::arg("stream"));
+  m.def("quantize", &quantize_op, py::arg("x"), py::arg("out"), py::arg("scale"), py::arg("zero_point"),
+        py::arg("axis"), py::arg("quant_min"), py::arg("quant_max"), py::arg("round_mode"), py::arg("threads"),
+        py::arg("stream"));
+  m.def("dequantize", &dequantize_op, py::arg("q"), py::arg("out"), py::arg("scale"), py::arg("zero_point"),
+        py::arg("axis"), py::arg("threads"), py::arg("stream"));
+}

@@ -1,0 +1,43 @@
+// CUDA fake-quantization kernels: the same semantics as kernels.h / fake_quant.h, on device pointers.
+// Every pointer (data and parameters) is device memory; `stream` is a cudaStream_t passed as an integer
+// (0 = the legacy default stream). Launch failures throw std::runtime_error with the CUDA error text.
+// Only declared when the build has CUDA (PYSLIM_WITH_CUDA).
+#pragma once
+
+#include <cstdint>
+
+#include "pyslim/fake_quant.h"
+
+namespace pyslim {
+namespace cuda {
+
+int device_count();  // 0 when no driver or no device; never throws
+
+void abs_max_channels(const float* x, const ChannelLayout& layout, float* out, intptr_t stream);
+void fake_quant_symmetric(const float* x, float* y, const ChannelLayout& layout, const float* scale, int32_t bin,
+                          RoundMode round, intptr_t stream);
+// grad_scale: `channels` doubles on the device (overwritten), or null.
+void fake_quant_symmetric_backward(const float* x, const float* grad, float* grad_x, const ChannelLayout& layout,
+                                   const float* scale, int32_t bin, RoundMode round, GradMask mask,
+                                   double* grad_scale, intptr_t stream);
+void fake_quant_affine(const float* x, float* y, const ChannelLayout& layout, const float* scale,
+                       const int32_t* zero_point, int32_t qmin, int32_t qmax, RoundMode round, intptr_t stream);
+void fake_quant_affine_backward(const float* x, const float* grad, float* grad_x, const ChannelLayout& layout,
+                                const float* scale, const int32_t* zero_point, int32_t qmin, int32_t qmax,
+                                RoundMode round, GradMask mask, double* grad_scale, double* grad_zero_point,
+                                intptr_t stream);
+// Moving-average abs-max update on device scalars (one float each):
+//   state = r*state + 1; accum = r*accum + abs_max(x); scale = accum / state
+void moving_average_update(const float* x, int64_t n, float* state, float* accum, float* scale, float moving_rate,
+                           intptr_t stream);
+void quantize_int8(const float* x, int8_t* q, const ChannelLayout& layout, const float* scale,
+                   const int32_t* zero_point, int32_t qmin, int32_t qmax, RoundMode round, intptr_t stream);
+void quantize_int16(const float* x, int16_t* q, const ChannelLayout& layout, const float* scale,
+                    const int32_t* zero_point, int32_t qmin, int32_t qmax, RoundMode round, intptr_t stream);
+void dequantize_int8(const int8_t* q, float* y, const ChannelLayout& layout, const float* scale,
+                     const int32_t* zero_point, intptr_t stream);
+void dequantize_int16(const int16_t* q, float* y, const ChannelLayout& layout, const float* scale,
+                      const int32_t* zero_point, intptr_t stream);
+
+}  // namespace cuda
+}  // namespace pyslim

@@ -1,0 +1,96 @@
+// The micro-kernel table: one function pointer per kernel, one table per ISA path.
+//
+// Micro-kernels work on one contiguous span of float32 elements; threading, channel layout and
+// reductions across spans live in the ISA-independent drivers (fake_quant.h). Every pointer is valid
+// for n elements (n >= 0; n == 0 must be a no-op). No kernel allocates, throws or sees Python/torch.
+//
+// Parameter vectors (scale, zero_point) are read with `param_stride`: 0 means one value for the whole
+// span (scale[0]), 1 means element i uses scale[i] (per-channel quantization along the last axis).
+//
+// Exactness contract: every path computes the same IEEE float32 operations in the same order as the
+// reference (the build disables FMA contraction with -ffp-contract=off), so float outputs are
+// bit-identical to the reference. Only the grad_scale / grad_zero_point reductions may differ, by the
+// summation order (float32 partial sums over at most kMaxFloatPartial elements per lane, then double).
+#pragma once
+
+#include <cstdint>
+
+#include "pyslim/isa.h"
+
+namespace pyslim {
+
+enum class RoundMode : int {
+  kHalfToEven = 0,        // nearbyint under the default FE_TONEAREST (torch, numpy)
+  kHalfAwayFromZero = 1,  // std::round (PaddleSlim's dygraph QAT, round_type=1)
+};
+
+enum class GradMask : int {
+  kNone = 0,       // plain straight-through: grad_x = grad (PaddleSlim)
+  kInclusive = 1,  // clipped straight-through: grad_x = grad where the value is inside the range, bounds included
+  kStrict = 2,     // as kInclusive but bounds excluded (PACT: 1[|x| < alpha])
+};
+
+constexpr int64_t kMaxFloatPartial = 4096;
+
+// PaddleSlim's guarded reciprocal of a scale (fake_quantize_op.h `inverse`).
+inline float paddle_inverse(float s) { return s <= 1e-30f ? 1.0f / (s + 1e-6f) : 1.0f / s; }
+
+struct KernelTable {
+  // ---- reductions ----
+  // max_i |x[i]|; NaN if any x[i] is NaN; 0 for n == 0.
+  float (*abs_max)(const float* x, int64_t n);
+  // acc[i] = max(acc[i], |x[i]|) for i < n; a NaN in x or acc makes acc[i] NaN.
+  void (*abs_max_accumulate)(const float* x, int64_t n, float* acc);
+
+  // ---- symmetric fake quantization (PaddleSlim form), bin = 2^(bits-1) - 1 ----
+  //   m = (float)bin * paddle_inverse(s);  u = min(max(x, -s), s) * m;  q = round(u);  y = (q * s) / (float)bin
+  // NaN x gives NaN y; +-Inf x gives +-s.
+  void (*fake_quant_symmetric)(const float* x, float* y, int64_t n, const float* scale, int64_t param_stride,
+                               int32_t bin, RoundMode round);
+  // grad_x = grad masked by |x| <= s (kInclusive) or |x| < s (kStrict), or unmasked (kNone); NaN x masks to 0.
+  // If grad_scale_acc is not null it receives the LSQ/PACT scale gradient sum_i grad[i] * c_i with
+  //   c_i = +1 if x > s, -1 if x < -s, (q - u) / bin otherwise (0 for NaN x),
+  // added into grad_scale_acc[0] (param_stride 0) or grad_scale_acc[i] (param_stride 1).
+  void (*fake_quant_symmetric_backward)(const float* x, const float* grad, float* grad_x, int64_t n,
+                                        const float* scale, int64_t param_stride, int32_t bin, RoundMode round,
+                                        GradMask mask, double* grad_scale_acc);
+
+  // ---- affine fake quantization (torch form) ----
+  //   inv = 1.0f / s;  v = round(x * inv) + (float)zp;  c = min(max(v, qmin), qmax);  y = (c - zp) * s
+  // NaN x gives NaN y (torch's result for NaN is undefined behaviour of an int64 cast).
+  void (*fake_quant_affine)(const float* x, float* y, int64_t n, const float* scale, const int32_t* zero_point,
+                            int64_t param_stride, int32_t qmin, int32_t qmax, RoundMode round);
+  // grad_x = grad where qmin <= v <= qmax (kInclusive, torch's mask) or unmasked (kNone).
+  // Optional learnable-parameter sums (LSQ form, torch's _fake_quantize_learnable_* without grad_factor):
+  //   d y/d s  = round(x*inv) - x*inv inside [qmin, qmax]; qmin - zp below; qmax - zp above
+  //   d y/d zp = 0 inside; -s outside.   NaN x contributes 0 to both.
+  void (*fake_quant_affine_backward)(const float* x, const float* grad, float* grad_x, int64_t n,
+                                     const float* scale, const int32_t* zero_point, int64_t param_stride,
+                                     int32_t qmin, int32_t qmax, RoundMode round, GradMask mask,
+                                     double* grad_scale_acc, double* grad_zero_point_acc);
+
+  // ---- real quantization ----
+  //   q = (int)min(max(round(x * (1.0f / s)) + (float)zp, qmin), qmax);  NaN x gives q = zp.
+  void (*quantize_int8)(const float* x, int8_t* q, int64_t n, const float* scale, const int32_t* zero_point,
+                        int64_t param_stride, int32_t qmin, int32_t qmax, RoundMode round);
+  void (*quantize_int16)(const float* x, int16_t* q, int64_t n, const float* scale, const int32_t* zero_point,
+                         int64_t param_stride, int32_t qmin, int32_t qmax, RoundMode round);
+  //   y = (float)(q - zp) * s
+  void (*dequantize_int8)(const int8_t* q, float* y, int64_t n, const float* scale, const int32_t* zero_point,
+                          int64_t param_stride);
+  void (*dequantize_int16)(const int16_t* q, float* y, int64_t n, const float* scale, const int32_t* zero_point,
+                           int64_t param_stride);
+};
+
+// The table of a path, or nullptr when that path was not built into this binary. Does not check the CPU.
+const KernelTable* kernel_table(Isa isa);
+// The table of the active path (see isa.h).
+const KernelTable& active_kernels();
+
+// Per-ISA table fillers; each lives in its own translation unit compiled with that ISA's flags.
+void fill_reference_kernels(KernelTable* t);
+void fill_avx2_kernels(KernelTable* t);
+void fill_avx512_kernels(KernelTable* t);
+void fill_neon_kernels(KernelTable* t);
+
+}  // namespace pyslim

@@ -1,0 +1,20 @@
+"""pyslim: model compression for PyTorch on native kernels.
+
+Quantization, pruning, NAS and distillation strategies in Python, on C++/CUDA kernels chosen at run time
+for the CPU they run on. See the README for the feature list and measured results.
+"""
+
+from pyslim._native import active_isa, force_isa, get_num_threads, native_info, set_num_threads
+from pyslim import ops
+
+__version__ = native_info()["version"]
+
+__all__ = [
+    "active_isa",
+    "force_isa",
+    "get_num_threads",
+    "native_info",
+    "ops",
+    "set_num_threads",
+    "__version__",
+]

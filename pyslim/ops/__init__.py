@@ -1,0 +1,316 @@
+"""Native quantization ops as PyTorch custom ops (autograd, fake/meta implementations, torch.compile).
+
+Every function validates its arguments and raises ``TypeError``/``ValueError`` naming the bad one; the
+math is documented in ``pyslim.ops.reference`` (pure torch) and ``csrc/include/pyslim/kernels.h``.
+
+Rounding is explicit: ``round_mode="half_away_from_zero"`` (PaddleSlim's QAT layers, ``std::round``) or
+``"half_to_even"`` (torch, numpy). Gradients: ``grad="ste"`` passes the gradient straight through
+(PaddleSlim), ``grad="clipped"`` masks it outside the quantization range (torch).
+
+Example::
+
+    >>> import torch, pyslim.ops as ops
+    >>> x = torch.randn(4, 8)
+    >>> y = ops.fake_quant_abs_max(x, bits=8)
+    >>> w = ops.fake_quant_channel_wise_abs_max(torch.randn(16, 3, 3, 3), axis=0)
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from typing import Optional, Tuple, Union
+
+import torch
+from torch import Tensor
+
+from pyslim.ops import reference
+from pyslim.ops._fake_quant import (
+    GRAD_MODES,
+    ROUND_MODES,
+    dequantize_op,
+    fake_quant_abs_max_op,
+    fake_quant_affine_op,
+    fake_quant_symmetric_op,
+    moving_average_abs_max_update_op,
+    quantize_op,
+)
+
+__all__ = [
+    "fake_quant_abs_max",
+    "fake_quant_channel_wise_abs_max",
+    "fake_quant_symmetric",
+    "fake_quant_moving_average_abs_max",
+    "fake_quant_affine",
+    "pact",
+    "quantize",
+    "dequantize",
+    "reference",
+]
+
+ScaleLike = Union[Tensor, float]
+
+
+# --------------------------------------------------------------------------------------------------------
+# argument checks
+# --------------------------------------------------------------------------------------------------------
+
+
+def _check_input(x, name: str = "x") -> Tensor:
+    if not isinstance(x, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor; got {type(x).__name__}")
+    if x.dtype != torch.float32:
+        raise TypeError(f"{name} must be float32; got {x.dtype}")
+    if x.device.type not in ("cpu", "cuda", "meta"):
+        raise ValueError(f"{name} must be on the CPU or a CUDA device; got {x.device}")
+    return x
+
+
+def _check_bits(bits) -> int:
+    if isinstance(bits, bool) or not isinstance(bits, numbers.Integral) or not 2 <= int(bits) <= 16:
+        raise ValueError(f"bits must be an int in [2, 16]; got {bits!r}")
+    return int(bits)
+
+
+def _check_round(round_mode: str) -> int:
+    if round_mode not in ROUND_MODES:
+        raise ValueError(f"round_mode must be one of {sorted(ROUND_MODES)}; got {round_mode!r}")
+    return ROUND_MODES[round_mode]
+
+
+def _check_grad(grad: str, allowed=("ste", "clipped")) -> int:
+    if grad not in allowed:
+        raise ValueError(f"grad must be one of {list(allowed)}; got {grad!r}")
+    return GRAD_MODES[grad]
+
+
+def _check_axis(x: Tensor, axis) -> Optional[int]:
+    if axis is None:
+        return None
+    if isinstance(axis, bool) or not isinstance(axis, numbers.Integral):
+        raise TypeError(f"axis must be an int or None; got {type(axis).__name__}")
+    axis = int(axis)
+    if x.dim() == 0 or not -x.dim() <= axis < x.dim():
+        raise ValueError(f"axis must be in [{-x.dim()}, {x.dim()}) for x of shape {tuple(x.shape)}; got {axis}")
+    return axis % x.dim()
+
+
+def _is_traced(t: Tensor) -> bool:
+    return isinstance(t, torch._subclasses.FakeTensor) or t.device.type == "meta"
+
+
+def _check_params(x: Tensor, axis: Optional[int], name: str, value, dtype: torch.dtype) -> Tensor:
+    """A per-tensor (0-d or one element) or per-channel (len == x.shape[axis]) parameter tensor."""
+    if isinstance(value, Tensor):
+        t = value
+    elif isinstance(value, numbers.Real) and not isinstance(value, bool):
+        t = torch.tensor(value, device=x.device)
+    else:
+        raise TypeError(f"{name} must be a tensor or a number; got {type(value).__name__}")
+    if t.device != x.device:
+        raise ValueError(f"{name} must be on {x.device} like x; got {t.device}")
+    want = 1 if axis is None else x.shape[axis]
+    if axis is None and t.numel() != 1:
+        raise ValueError(f"{name} must have one element for per-tensor quantization; got shape {tuple(t.shape)}")
+    if axis is not None and (t.dim() > 1 or t.numel() != want):
+        raise ValueError(f"{name} must be 1-D with {want} elements (x.shape[{axis}]); got shape {tuple(t.shape)}")
+    if dtype == torch.float32:
+        if not t.is_floating_point():
+            raise TypeError(f"{name} must be a floating tensor; got {t.dtype}")
+        if t.dtype != torch.float32:
+            t = t.to(torch.float32)
+        # CPU values are checked again by the native binding; CUDA ones only here.
+        if t.device.type == "cuda" and not _is_traced(t):
+            if not bool(torch.all(torch.isfinite(t) & (t > 0))):
+                raise ValueError(f"{name} must be finite and > 0; got {t.detach().cpu().tolist()}")
+    else:
+        if t.is_floating_point():
+            if not _is_traced(t) and not bool(torch.all(t == torch.round(t))):
+                raise ValueError(f"{name} must hold integer values; got {t.detach().cpu().tolist()}")
+        t = t.to(torch.int32)
+    return t
+
+
+def _zero_points(x: Tensor, axis: Optional[int], zero_point) -> Tensor:
+    if zero_point is None:
+        return torch.zeros(_param_count(x, axis) if axis is not None else (), dtype=torch.int32, device=x.device)
+    return _check_params(x, axis, "zero_point", zero_point, torch.int32)
+
+
+def _param_count(x: Tensor, axis: Optional[int]) -> int:
+    return 1 if axis is None else x.shape[axis]
+
+
+def _qrange(bits: int, quant_min: Optional[int], quant_max: Optional[int], signed: bool = True) -> Tuple[int, int]:
+    lo = -(2 ** (bits - 1)) if signed else 0
+    hi = 2 ** (bits - 1) - 1 if signed else 2 ** bits - 1
+    return (lo if quant_min is None else int(quant_min)), (hi if quant_max is None else int(quant_max))
+
+
+# --------------------------------------------------------------------------------------------------------
+# public ops
+# --------------------------------------------------------------------------------------------------------
+
+
+def fake_quant_abs_max(x: Tensor, bits: int = 8, round_mode: str = "half_away_from_zero", grad: str = "ste",
+                       return_scale: bool = False):
+    """Per-tensor quantize-dequantize with ``scale = max|x|`` (PaddleSlim ``abs_max``).
+
+    ``q = round(bin * clip(x, -s, s) / s)``, ``y = q * s / bin`` with ``bin = 2**(bits-1) - 1``. The max-abs
+    reduction runs natively in the same call. A NaN or Inf in x makes the scale non-finite and the output
+    NaN. Returns ``y`` (and the 0-d scale with ``return_scale=True``).
+
+    Example::
+
+        >>> y, s = fake_quant_abs_max(torch.tensor([0.5, -1.0]), bits=8, return_scale=True)
+    """
+    x = _check_input(x)
+    y, scale = fake_quant_abs_max_op(x, None, _check_bits(bits), _check_round(round_mode), _check_grad(grad))
+    return (y, scale) if return_scale else y
+
+
+def fake_quant_channel_wise_abs_max(x: Tensor, axis: int, bits: int = 8, round_mode: str = "half_away_from_zero",
+                                    grad: str = "ste", return_scale: bool = False):
+    """Per-channel quantize-dequantize along ``axis`` with ``scale[c] = max|x_c|`` (``channel_wise_abs_max``).
+
+    ``axis=0`` for conv/Linear weights in PyTorch's (out, in, ...) layout. Example::
+
+        >>> w = fake_quant_channel_wise_abs_max(torch.randn(64, 32, 3, 3), axis=0)
+    """
+    x = _check_input(x)
+    if axis is None:
+        raise ValueError("axis must be an int for channel-wise quantization; use fake_quant_abs_max per tensor")
+    axis = _check_axis(x, axis)
+    y, scale = fake_quant_abs_max_op(x, axis, _check_bits(bits), _check_round(round_mode), _check_grad(grad))
+    return (y, scale) if return_scale else y
+
+
+def fake_quant_symmetric(x: Tensor, scale: ScaleLike, bits: int = 8, axis: Optional[int] = None,
+                         round_mode: str = "half_away_from_zero", grad: str = "ste",
+                         grad_factor: float = 1.0) -> Tensor:
+    """Quantize-dequantize with a given scale (PaddleSlim's symmetric form), per tensor or along ``axis``.
+
+    If ``scale`` requires grad it receives the LSQ gradient (times ``grad_factor``; LSQ's paper uses
+    ``1/sqrt(numel * qmax)``). Example::
+
+        >>> s = torch.tensor(2.0, requires_grad=True)
+        >>> fake_quant_symmetric(torch.randn(10), s, grad="clipped").sum().backward()
+    """
+    x = _check_input(x)
+    axis = _check_axis(x, axis)
+    scale_t = _check_params(x, axis, "scale", scale, torch.float32)
+    return fake_quant_symmetric_op(x, scale_t, axis, _check_bits(bits), _check_round(round_mode), _check_grad(grad),
+                                   float(grad_factor))
+
+
+def fake_quant_moving_average_abs_max(x: Tensor, state: Tensor, accum: Tensor, scale: Tensor, bits: int = 8,
+                                      moving_rate: float = 0.9, training: bool = True,
+                                      round_mode: str = "half_away_from_zero", grad: str = "ste") -> Tensor:
+    """PaddleSlim's ``moving_average_abs_max``: in training, updates the buffers in place
+    (``state = r*state + 1; accum = r*accum + max|x|; scale = accum/state``) then quantizes with ``scale``;
+    in eval the stored scale is used unchanged. PaddleSlim initialises scale=0.001, state=1, accum=1.
+
+    Example::
+
+        >>> state, accum, scale = torch.ones(1), torch.ones(1), torch.full((1,), 0.001)
+        >>> y = fake_quant_moving_average_abs_max(torch.randn(8), state, accum, scale)
+    """
+    x = _check_input(x)
+    for name, buf in (("state", state), ("accum", accum), ("scale", scale)):
+        if not isinstance(buf, Tensor) or buf.dtype != torch.float32 or buf.numel() != 1:
+            raise TypeError(f"{name} must be a float32 tensor with one element; got "
+                            f"{getattr(buf, 'dtype', type(buf).__name__)} of shape {tuple(getattr(buf, 'shape', ()))}")
+        if buf.device != x.device:
+            raise ValueError(f"{name} must be on {x.device} like x; got {buf.device}")
+        if not buf.is_contiguous():
+            raise ValueError(f"{name} must be contiguous: it is updated in place")
+    if not isinstance(moving_rate, numbers.Real) or not 0.0 <= float(moving_rate) < 1.0:
+        raise ValueError(f"moving_rate must be in [0, 1); got {moving_rate!r}")
+    bits_i, rm, gm = _check_bits(bits), _check_round(round_mode), _check_grad(grad)
+    if training:
+        moving_average_abs_max_update_op(x, state, accum, scale, float(moving_rate))
+    else:
+        _check_params(x, None, "scale", scale, torch.float32)
+    return fake_quant_symmetric_op(x, scale.detach(), None, bits_i, rm, gm, 1.0)
+
+
+def fake_quant_affine(x: Tensor, scale: ScaleLike, zero_point: Union[Tensor, int], quant_min: int, quant_max: int,
+                      axis: Optional[int] = None, round_mode: str = "half_to_even", grad: str = "clipped",
+                      grad_factor: float = 1.0) -> Tensor:
+    """torch's affine quantize-dequantize, a drop-in for ``torch.fake_quantize_per_tensor_affine`` /
+    ``torch.fake_quantize_per_channel_affine`` (same forward and, with ``grad="clipped"``, same backward).
+
+    ``y = (clamp(round(x / s) + zp, quant_min, quant_max) - zp) * s``. Differences from torch: NaN stays NaN
+    (torch returns an arbitrary level), and values beyond the int64 range saturate (torch's per-channel
+    kernel wraps). A ``scale`` that requires grad gets the LSQ gradient. Example::
+
+        >>> y = fake_quant_affine(torch.randn(4, 8), torch.tensor(0.1), torch.tensor(0), -128, 127)
+    """
+    x = _check_input(x)
+    axis = _check_axis(x, axis)
+    scale_t = _check_params(x, axis, "scale", scale, torch.float32)
+    zp_t = _check_params(x, axis, "zero_point", zero_point, torch.int32)
+    qmin, qmax = int(quant_min), int(quant_max)
+    if qmin >= qmax:
+        raise ValueError(f"quant_min must be < quant_max; got [{qmin}, {qmax}]")
+    if not (-(2 ** 31) <= qmin and qmax <= 2 ** 31 - 1):
+        raise ValueError(f"quant_min/quant_max must fit in int32; got [{qmin}, {qmax}]")
+    return fake_quant_affine_op(x, scale_t, zp_t, axis, qmin, qmax, _check_round(round_mode), _check_grad(grad),
+                                float(grad_factor))
+
+
+def pact(x: Tensor, alpha: Tensor, bits: int = 8, round_mode: str = "half_away_from_zero") -> Tensor:
+    """PACT fused with fake quantization: ``y = fakequant(clip(x, -alpha, alpha), scale=alpha)``.
+
+    Gradients: ``dx = g * 1[|x| < alpha]``; ``dalpha = sum(g * (1[x > alpha] - 1[x < -alpha]))`` plus the
+    quantization term ``sum(g * (q - u) / bin)`` over the inside (straight-through rounding). Example::
+
+        >>> alpha = torch.tensor(6.0, requires_grad=True)
+        >>> pact(torch.randn(32) * 10, alpha).sum().backward()
+    """
+    x = _check_input(x)
+    if not isinstance(alpha, Tensor) or alpha.numel() != 1:
+        raise TypeError("alpha must be a one-element tensor (a learnable parameter)")
+    alpha_t = _check_params(x, None, "alpha", alpha, torch.float32)
+    return fake_quant_symmetric_op(x, alpha_t, None, _check_bits(bits), _check_round(round_mode),
+                                   GRAD_MODES["clipped_strict"], 1.0)
+
+
+def quantize(x: Tensor, scale: ScaleLike, zero_point: Union[Tensor, int, None] = None, axis: Optional[int] = None,
+             dtype: torch.dtype = torch.int8, quant_min: Optional[int] = None, quant_max: Optional[int] = None,
+             round_mode: str = "half_to_even") -> Tensor:
+    """Real quantization to int8/int16: ``q = clamp(round(x / s) + zp, quant_min, quant_max)``.
+
+    Defaults: zero_point 0, the full range of ``dtype``. NaN maps to the zero point. Example::
+
+        >>> q = quantize(torch.randn(8, 4), torch.rand(8) + 0.1, axis=0)
+    """
+    x = _check_input(x)
+    if dtype not in (torch.int8, torch.int16):
+        raise TypeError(f"dtype must be torch.int8 or torch.int16; got {dtype}")
+    bits = 8 if dtype == torch.int8 else 16
+    axis = _check_axis(x, axis)
+    scale_t = _check_params(x, axis, "scale", scale, torch.float32)
+    zp_t = _zero_points(x, axis, zero_point)
+    qmin, qmax = _qrange(bits, quant_min, quant_max)
+    lo, hi = _qrange(bits, None, None)
+    if not lo <= qmin < qmax <= hi:
+        raise ValueError(f"quant_min/quant_max must satisfy {lo} <= quant_min < quant_max <= {hi} for {dtype}; "
+                         f"got [{qmin}, {qmax}]")
+    return quantize_op(x, scale_t, zp_t, axis, qmin, qmax, bits, _check_round(round_mode))
+
+
+def dequantize(q: Tensor, scale: ScaleLike, zero_point: Union[Tensor, int, None] = None,
+               axis: Optional[int] = None) -> Tensor:
+    """``y = (q - zp) * s`` for int8/int16 ``q``; differentiable in ``scale``. Example::
+
+        >>> y = dequantize(torch.tensor([1, -2], dtype=torch.int8), 0.5)
+    """
+    if not isinstance(q, Tensor):
+        raise TypeError(f"q must be a torch.Tensor; got {type(q).__name__}")
+    if q.dtype not in (torch.int8, torch.int16):
+        raise TypeError(f"q must be int8 or int16; got {q.dtype}")
+    axis = _check_axis(q, axis)
+    scale_t = _check_params(q, axis, "scale", scale, torch.float32)
+    zp_t = _zero_points(q, axis, zero_point)
+    return dequantize_op(q, scale_t, zp_t, axis)
