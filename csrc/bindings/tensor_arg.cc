@@ -59,7 +59,7 @@ const TensorArg& TensorArg::require_dtype(DType want) const {
 }
 
 const TensorArg& TensorArg::require_contiguous() const {
-  if (t->strides == nullptr) return *this;
+  if (t->strides == nullptr || numel() == 0) return *this;
   int64_t expected = 1;
   for (int i = t->ndim - 1; i >= 0; --i) {
     if (t->shape[i] != 1 && t->strides[i] != expected) {

@@ -96,7 +96,10 @@ def _check_axis(x: Tensor, axis) -> Optional[int]:
 
 
 def _is_traced(t: Tensor) -> bool:
-    return isinstance(t, torch._subclasses.FakeTensor) or t.device.type == "meta"
+    # Value checks need real data: skipped while torch.compile traces (the native binding still checks CPU
+    # values when the compiled code runs) and for fake/meta tensors.
+    return (torch.compiler.is_compiling() or isinstance(t, torch._subclasses.FakeTensor)
+            or t.device.type == "meta")
 
 
 def _check_params(x: Tensor, axis: Optional[int], name: str, value, dtype: torch.dtype) -> Tensor:
@@ -119,8 +122,8 @@ def _check_params(x: Tensor, axis: Optional[int], name: str, value, dtype: torch
             raise TypeError(f"{name} must be a floating tensor; got {t.dtype}")
         if t.dtype != torch.float32:
             t = t.to(torch.float32)
-        # CPU values are checked again by the native binding; CUDA ones only here.
-        if t.device.type == "cuda" and not _is_traced(t):
+        # The native binding checks CPU values again (under the name "scale"); this names the user's argument.
+        if not _is_traced(t):
             if not bool(torch.all(torch.isfinite(t) & (t > 0))):
                 raise ValueError(f"{name} must be finite and > 0; got {t.detach().cpu().tolist()}")
     else:
@@ -222,8 +225,6 @@ def fake_quant_moving_average_abs_max(x: Tensor, state: Tensor, accum: Tensor, s
                             f"{getattr(buf, 'dtype', type(buf).__name__)} of shape {tuple(getattr(buf, 'shape', ()))}")
         if buf.device != x.device:
             raise ValueError(f"{name} must be on {x.device} like x; got {buf.device}")
-        if not buf.is_contiguous():
-            raise ValueError(f"{name} must be contiguous: it is updated in place")
     if not isinstance(moving_rate, numbers.Real) or not 0.0 <= float(moving_rate) < 1.0:
         raise ValueError(f"moving_rate must be in [0, 1); got {moving_rate!r}")
     bits_i, rm, gm = _check_bits(bits), _check_round(round_mode), _check_grad(grad)

@@ -64,7 +64,8 @@ def abs_max(x: Tensor, axis: Optional[int] = None) -> Tensor:
     a = x.abs()
     if axis is None:
         return a.max() if a.numel() else torch.zeros((), dtype=x.dtype, device=x.device)
-    moved = a.movedim(axis, 0).reshape(x.shape[axis], -1)
+    c = x.shape[axis]
+    moved = a.movedim(axis, 0).reshape(c, x.numel() // c if c else 0)
     if moved.shape[1] == 0:
         return torch.zeros(x.shape[axis], dtype=x.dtype, device=x.device)
     return moved.max(dim=1).values
@@ -107,7 +108,8 @@ def fake_quant_symmetric_backward(x: Tensor, grad: Tensor, scale: Tensor, axis: 
     if axis is None:
         grad_scale = contrib.sum().reshape(1)
     else:
-        grad_scale = contrib.movedim(axis, 0).reshape(x.shape[axis], -1).sum(dim=1)
+        c_count = x.shape[axis]
+        grad_scale = contrib.movedim(axis, 0).reshape(c_count, x.numel() // c_count if c_count else 0).sum(dim=1)
     return grad_x, grad_scale
 
 
@@ -167,7 +169,8 @@ def fake_quant_affine_backward(x: Tensor, grad: Tensor, scale: Tensor, zero_poin
         t = t.to(torch.float64)
         if axis is None:
             return t.sum().reshape(1)
-        return t.movedim(axis, 0).reshape(x.shape[axis], -1).sum(dim=1)
+        c = x.shape[axis]
+        return t.movedim(axis, 0).reshape(c, x.numel() // c if c else 0).sum(dim=1)
 
     return grad_x, per_channel(grad * c_scale), per_channel(grad * c_zp)
 
