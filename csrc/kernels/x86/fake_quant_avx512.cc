@@ -1,0 +1,489 @@
+// AVX-512 (F + BW + VL + DQ) fake-quantization micro-kernels (-ffp-contract=off).
+//
+// Same lane-wise operations as the reference and as the AVX2 path (see fake_quant_avx2.cc for the
+// exactness notes: operand order of min/max, half-away-from-zero = trunc + copysign(|frac| >= 0.5),
+// divisions kept). Tails use masked loads and stores: each step is instantiated with kTail, and a tail
+// step zeroes the lanes past n before they reach a sum. No header inline function is called here (ODR:
+// see fake_quant_avx2.cc).
+// GCC 12 reports its own _mm512_undefined_* idiom (`__m512 __Y = __Y;`) as (maybe-)uninitialized once the
+// intrinsics are inlined; the warning is about the compiler's header, not this code.
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#endif
+#include <immintrin.h>
+
+#include <cstdint>
+#include <cstring>
+#include <type_traits>
+
+#include "pyslim/kernels.h"
+
+namespace pyslim {
+namespace avx512 {
+namespace {
+
+constexpr int64_t kW = 16;  // floats per vector
+constexpr int64_t kFlushVectors = 1024;  // float additions per lane before moving to double (<= kMaxFloatPartial)
+static_assert(kFlushVectors <= kMaxFloatPartial, "float partial sums must stay within the contract");
+
+using Full = std::false_type;
+using Tail = std::true_type;
+
+inline __mmask16 tail_mask(int64_t r) { return static_cast<__mmask16>((1u << r) - 1u); }
+
+template <bool kT>
+inline __m512 loadf(const float* p, __mmask16 k, float fill = 0.0f) {
+  if constexpr (kT) {
+    return _mm512_mask_loadu_ps(_mm512_set1_ps(fill), k, p);
+  } else {
+    return _mm512_loadu_ps(p);
+  }
+}
+template <bool kT>
+inline void storef(float* p, __mmask16 k, __m512 v) {
+  if constexpr (kT) {
+    _mm512_mask_storeu_ps(p, k, v);
+  } else {
+    _mm512_storeu_ps(p, v);
+  }
+}
+template <bool kT>
+inline __m512i loadi(const int32_t* p, __mmask16 k) {
+  if constexpr (kT) {
+    return _mm512_maskz_loadu_epi32(k, p);
+  } else {
+    return _mm512_loadu_si512(p);
+  }
+}
+
+inline __m512 neg_ps(__m512 v) { return _mm512_xor_ps(v, _mm512_set1_ps(-0.0f)); }
+inline __mmask16 isnan_mask(__m512 v) { return _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q); }
+
+template <RoundMode R>
+inline __m512 round_ps(__m512 v) {
+  if constexpr (R == RoundMode::kHalfToEven) {
+    return _mm512_roundscale_ps(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  } else {
+    // std::round = trunc(v) + (|v - trunc(v)| >= 0.5 ? copysign(1, v) : copysign(0, v)).
+    const __m512 t = _mm512_roundscale_ps(v, _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC);
+    const __m512 sign = _mm512_and_ps(v, _mm512_set1_ps(-0.0f));
+    const __mmask16 up = _mm512_cmp_ps_mask(_mm512_abs_ps(_mm512_sub_ps(v, t)), _mm512_set1_ps(0.5f), _CMP_GE_OQ);
+    const __m512 step = _mm512_mask_or_ps(sign, up, sign, _mm512_set1_ps(1.0f));
+    return _mm512_add_ps(t, step);
+  }
+}
+
+// kernels.h paddle_inverse, lane-wise.
+inline __m512 paddle_inverse_ps(__m512 s) {
+  const __mmask16 tiny = _mm512_cmp_ps_mask(s, _mm512_set1_ps(1e-30f), _CMP_LE_OQ);
+  const __m512 d = _mm512_mask_add_ps(s, tiny, s, _mm512_set1_ps(1e-6f));
+  return _mm512_div_ps(_mm512_set1_ps(1.0f), d);
+}
+
+// acc[0..16) += (double)p lane-wise (only lanes in k).
+inline void add_to_doubles(double* acc, __m512 p, __mmask16 k) {
+  const __m512d lo = _mm512_cvtps_pd(_mm512_castps512_ps256(p));
+  const __m512d hi = _mm512_cvtps_pd(_mm512_extractf32x8_ps(p, 1));
+  const __mmask8 klo = static_cast<__mmask8>(k & 0xff), khi = static_cast<__mmask8>(k >> 8);
+  _mm512_mask_storeu_pd(acc, klo, _mm512_add_pd(_mm512_maskz_loadu_pd(klo, acc), lo));
+  _mm512_mask_storeu_pd(acc + 8, khi, _mm512_add_pd(_mm512_maskz_loadu_pd(khi, acc + 8), hi));
+}
+
+class SumAcc {
+ public:
+  void add(__m512 p) {
+    f_ = _mm512_add_ps(f_, p);
+    if (++count_ == kFlushVectors) flush();
+  }
+  double total() {
+    flush();
+    return _mm512_reduce_add_pd(_mm512_add_pd(d0_, d1_));
+  }
+
+ private:
+  void flush() {
+    d0_ = _mm512_add_pd(d0_, _mm512_cvtps_pd(_mm512_castps512_ps256(f_)));
+    d1_ = _mm512_add_pd(d1_, _mm512_cvtps_pd(_mm512_extractf32x8_ps(f_, 1)));
+    f_ = _mm512_setzero_ps();
+    count_ = 0;
+  }
+  __m512 f_ = _mm512_setzero_ps();
+  __m512d d0_ = _mm512_setzero_pd(), d1_ = _mm512_setzero_pd();
+  int64_t count_ = 0;
+};
+
+// Runs step(i, mask, Full{}) over full vectors (four at a time) and step(i, mask, Tail{}) over the rest.
+template <typename Step>
+inline void vector_loop(int64_t n, Step&& step) {
+  int64_t i = 0;
+  const __mmask16 all = 0xffff;
+  for (; i + 4 * kW <= n; i += 4 * kW) {
+    step(i, all, Full{});
+    step(i + kW, all, Full{});
+    step(i + 2 * kW, all, Full{});
+    step(i + 3 * kW, all, Full{});
+  }
+  for (; i + kW <= n; i += kW) step(i, all, Full{});
+  if (i < n) step(i, tail_mask(n - i), Tail{});
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Reductions
+// ---------------------------------------------------------------------------------------------------------
+
+// Integer max over |x| bit patterns: orders like the values, and every NaN sorts above +Inf.
+float abs_max(const float* x, int64_t n) {
+  const __m512i abs_bits = _mm512_set1_epi32(0x7fffffff);
+  __m512i m0 = _mm512_setzero_si512(), m1 = m0, m2 = m0, m3 = m0;
+  int64_t i = 0;
+  auto bits = [&](const float* p) { return _mm512_and_si512(_mm512_loadu_si512(p), abs_bits); };
+  for (; i + 4 * kW <= n; i += 4 * kW) {
+    m0 = _mm512_max_epi32(m0, bits(x + i));
+    m1 = _mm512_max_epi32(m1, bits(x + i + kW));
+    m2 = _mm512_max_epi32(m2, bits(x + i + 2 * kW));
+    m3 = _mm512_max_epi32(m3, bits(x + i + 3 * kW));
+  }
+  for (; i + kW <= n; i += kW) m0 = _mm512_max_epi32(m0, bits(x + i));
+  if (i < n) m1 = _mm512_max_epi32(m1, _mm512_maskz_and_epi32(tail_mask(n - i), _mm512_maskz_loadu_epi32(tail_mask(n - i), x + i), abs_bits));
+  const int32_t b = _mm512_reduce_max_epi32(_mm512_max_epi32(_mm512_max_epi32(m0, m1), _mm512_max_epi32(m2, m3)));
+  float out;
+  std::memcpy(&out, &b, sizeof(out));
+  return out;
+}
+
+void abs_max_accumulate(const float* x, int64_t n, float* acc) {
+  const __m512 qnan = _mm512_castsi512_ps(_mm512_set1_epi32(0x7fc00000));  // nanf("")
+  vector_loop(n, [&](int64_t i, __mmask16 k, auto tail) {
+    constexpr bool kT = decltype(tail)::value;
+    const __m512 a = _mm512_abs_ps(loadf<kT>(x + i, k));
+    const __m512 c = loadf<kT>(acc + i, k);
+    const __m512 m = _mm512_max_ps(a, c);  // a > c ? a : c, as the reference
+    storef<kT>(acc + i, k, _mm512_mask_mov_ps(m, _mm512_cmp_ps_mask(a, c, _CMP_UNORD_Q), qnan));
+  });
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Symmetric fake quantization
+// ---------------------------------------------------------------------------------------------------------
+
+template <bool kPer, RoundMode R>
+void fq_symmetric(const float* x, float* y, int64_t n, const float* scale, int32_t bin) {
+  const __m512 fbin = _mm512_set1_ps(static_cast<float>(bin));
+  const __m512 s0 = _mm512_set1_ps(scale[0]);
+  const __m512 m0 = _mm512_mul_ps(fbin, paddle_inverse_ps(s0));
+  vector_loop(n, [&](int64_t i, __mmask16 k, auto tail) {
+    constexpr bool kT = decltype(tail)::value;
+    __m512 s = s0, m = m0;
+    if constexpr (kPer) {
+      s = loadf<kT>(scale + i, k, 1.0f);
+      m = _mm512_mul_ps(fbin, paddle_inverse_ps(s));
+    }
+    const __m512 v = loadf<kT>(x + i, k);
+    const __m512 clipped = _mm512_min_ps(_mm512_max_ps(v, neg_ps(s)), s);
+    const __m512 q = round_ps<R>(_mm512_mul_ps(clipped, m));
+    const __m512 out = _mm512_div_ps(_mm512_mul_ps(q, s), fbin);
+    storef<kT>(y + i, k, _mm512_mask_mov_ps(out, isnan_mask(v), v));
+  });
+}
+
+template <bool kPer, RoundMode R, bool kSum>
+void fq_symmetric_backward(const float* x, const float* grad, float* grad_x, int64_t n, const float* scale,
+                           int32_t bin, GradMask mask, double* acc) {
+  const __m512 fbin = _mm512_set1_ps(static_cast<float>(bin));
+  const __m512 s0 = _mm512_set1_ps(scale[0]);
+  const __m512 m0 = _mm512_mul_ps(fbin, paddle_inverse_ps(s0));
+  const __mmask16 keep_all = mask == GradMask::kNone ? 0xffff : 0;
+  const __mmask16 use_le = mask == GradMask::kInclusive ? 0xffff : 0;
+  const __mmask16 use_lt = mask == GradMask::kStrict ? 0xffff : 0;
+  SumAcc sum;
+  vector_loop(n, [&](int64_t i, __mmask16 k, auto tail) {
+    constexpr bool kT = decltype(tail)::value;
+    __m512 s = s0, m = m0;
+    if constexpr (kPer) {
+      s = loadf<kT>(scale + i, k, 1.0f);
+      if constexpr (kSum) m = _mm512_mul_ps(fbin, paddle_inverse_ps(s));
+    }
+    const __m512 v = loadf<kT>(x + i, k);
+    const __m512 g = loadf<kT>(grad + i, k);
+    const __m512 av = _mm512_abs_ps(v);
+    const __mmask16 keep = keep_all | _mm512_mask_cmp_ps_mask(use_le, av, s, _CMP_LE_OQ) |
+                           _mm512_mask_cmp_ps_mask(use_lt, av, s, _CMP_LT_OQ);
+    storef<kT>(grad_x + i, k, _mm512_maskz_mov_ps(keep, g));
+    if constexpr (kSum) {
+      const __m512 u = _mm512_mul_ps(v, m);
+      __m512 c = _mm512_div_ps(_mm512_sub_ps(round_ps<R>(u), u), fbin);
+      c = _mm512_mask_mov_ps(c, isnan_mask(v), _mm512_setzero_ps());
+      c = _mm512_mask_mov_ps(c, _mm512_cmp_ps_mask(v, neg_ps(s), _CMP_LT_OQ), _mm512_set1_ps(-1.0f));
+      c = _mm512_mask_mov_ps(c, _mm512_cmp_ps_mask(v, s, _CMP_GT_OQ), _mm512_set1_ps(1.0f));
+      const __m512 p = _mm512_maskz_mul_ps(k, g, c);
+      if constexpr (kPer) {
+        add_to_doubles(acc + i, p, k);
+      } else {
+        sum.add(p);
+      }
+    }
+  });
+  if constexpr (kSum && !kPer) acc[0] += sum.total();
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Affine fake quantization and real quantization
+// ---------------------------------------------------------------------------------------------------------
+
+struct Affine {
+  __m512 s, zp, inv;
+};
+inline Affine affine_params(__m512 s, __m512i zp) {
+  return {s, _mm512_cvtepi32_ps(zp), _mm512_div_ps(_mm512_set1_ps(1.0f), s)};
+}
+
+// Broadcast parameters as plain vector members (see fake_quant_avx2.cc: a nested struct of vectors was
+// copied through the stack every iteration).
+template <bool kPer>
+struct AffineSource {
+  __m512 s0, zp0, inv0;
+  const float* scale;
+  const int32_t* zp;
+  AffineSource(const float* s, const int32_t* z) : scale(s), zp(z) {
+    const Affine a = affine_params(_mm512_set1_ps(s[0]), _mm512_set1_epi32(z[0]));
+    s0 = a.s;
+    zp0 = a.zp;
+    inv0 = a.inv;
+  }
+  template <bool kT>
+  Affine at(int64_t i, __mmask16 k) const {
+    if constexpr (kPer) {
+      return affine_params(loadf<kT>(scale + i, k, 1.0f), loadi<kT>(zp + i, k));
+    } else {
+      return {s0, zp0, inv0};
+    }
+  }
+};
+
+template <bool kPer, RoundMode R>
+void fq_affine(const float* x, float* y, int64_t n, const float* scale, const int32_t* zero_point, int32_t qmin,
+               int32_t qmax) {
+  const __m512 lo = _mm512_set1_ps(static_cast<float>(qmin)), hi = _mm512_set1_ps(static_cast<float>(qmax));
+  const AffineSource<kPer> src(scale, zero_point);
+  vector_loop(n, [&](int64_t i, __mmask16 k, auto tail) {
+    constexpr bool kT = decltype(tail)::value;
+    const Affine a = src.template at<kT>(i, k);
+    const __m512 v = loadf<kT>(x + i, k);
+    const __m512 q = _mm512_add_ps(round_ps<R>(_mm512_mul_ps(v, a.inv)), a.zp);
+    const __m512 c = _mm512_min_ps(_mm512_max_ps(q, lo), hi);  // NaN q -> lo, as fmax(q, lo)
+    const __m512 out = _mm512_mul_ps(_mm512_sub_ps(c, a.zp), a.s);
+    storef<kT>(y + i, k, _mm512_mask_mov_ps(out, isnan_mask(v), v));
+  });
+}
+
+template <bool kPer, RoundMode R, bool kSum>
+void fq_affine_backward(const float* x, const float* grad, float* grad_x, int64_t n, const float* scale,
+                        const int32_t* zero_point, int32_t qmin, int32_t qmax, GradMask mask, double* acc_s,
+                        double* acc_z) {
+  const __m512 lo = _mm512_set1_ps(static_cast<float>(qmin)), hi = _mm512_set1_ps(static_cast<float>(qmax));
+  const __mmask16 keep_all = mask == GradMask::kNone ? 0xffff : 0;
+  const AffineSource<kPer> src(scale, zero_point);
+  SumAcc sum_s, sum_z;
+  vector_loop(n, [&](int64_t i, __mmask16 k, auto tail) {
+    constexpr bool kT = decltype(tail)::value;
+    const Affine a = src.template at<kT>(i, k);
+    const __m512 v = loadf<kT>(x + i, k);
+    const __m512 g = loadf<kT>(grad + i, k);
+    const __m512 u = _mm512_mul_ps(v, a.inv);
+    const __m512 r = round_ps<R>(u);
+    const __m512 q = _mm512_add_ps(r, a.zp);
+    const __mmask16 inside = _mm512_cmp_ps_mask(q, lo, _CMP_GE_OQ) & _mm512_cmp_ps_mask(q, hi, _CMP_LE_OQ);
+    storef<kT>(grad_x + i, k, _mm512_maskz_mov_ps(keep_all | inside, g));
+    if constexpr (kSum) {
+      __m512 c = _mm512_maskz_sub_ps(_mm512_cmp_ps_mask(q, hi, _CMP_GT_OQ), hi, a.zp);
+      c = _mm512_mask_sub_ps(c, _mm512_cmp_ps_mask(q, lo, _CMP_LT_OQ), lo, a.zp);
+      c = _mm512_mask_sub_ps(c, inside, r, u);
+      const __m512 ps = _mm512_maskz_mul_ps(k, g, c);
+      const __m512 cz = _mm512_maskz_mov_ps(static_cast<__mmask16>(~(inside | isnan_mask(v))), neg_ps(a.s));
+      const __m512 pz = _mm512_maskz_mul_ps(k, g, cz);
+      if constexpr (kPer) {
+        if (acc_s) add_to_doubles(acc_s + i, ps, k);
+        if (acc_z) add_to_doubles(acc_z + i, pz, k);
+      } else {
+        sum_s.add(ps);
+        sum_z.add(pz);
+      }
+    }
+  });
+  if constexpr (kSum && !kPer) {
+    if (acc_s) acc_s[0] += sum_s.total();
+    if (acc_z) acc_z[0] += sum_z.total();
+  }
+}
+
+// Narrowing stores truncate (vpmovdb / vpmovdw), as static_cast<Q>(int32_t) wraps.
+template <bool kT>
+inline void store_narrow(int8_t* p, __mmask16 k, __m512i v) {
+  if constexpr (kT) {
+    _mm512_mask_cvtepi32_storeu_epi8(p, k, v);
+  } else {
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(p), _mm512_cvtepi32_epi8(v));
+  }
+}
+template <bool kT>
+inline void store_narrow(int16_t* p, __mmask16 k, __m512i v) {
+  if constexpr (kT) {
+    _mm512_mask_cvtepi32_storeu_epi16(p, k, v);
+  } else {
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), _mm512_cvtepi32_epi16(v));
+  }
+}
+template <bool kT>
+inline __m512i load_widen(const int8_t* p, __mmask16 k) {
+  if constexpr (kT) {
+    return _mm512_cvtepi8_epi32(_mm_maskz_loadu_epi8(k, p));
+  } else {
+    return _mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+  }
+}
+template <bool kT>
+inline __m512i load_widen(const int16_t* p, __mmask16 k) {
+  if constexpr (kT) {
+    return _mm512_cvtepi16_epi32(_mm256_maskz_loadu_epi16(k, p));
+  } else {
+    return _mm512_cvtepi16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
+  }
+}
+
+template <typename Q, bool kPer, RoundMode R>
+void quantize(const float* x, Q* out, int64_t n, const float* scale, const int32_t* zero_point, int32_t qmin,
+              int32_t qmax) {
+  const __m512 lo = _mm512_set1_ps(static_cast<float>(qmin)), hi = _mm512_set1_ps(static_cast<float>(qmax));
+  const AffineSource<kPer> src(scale, zero_point);
+  vector_loop(n, [&](int64_t i, __mmask16 k, auto tail) {
+    constexpr bool kT = decltype(tail)::value;
+    const Affine a = src.template at<kT>(i, k);
+    const __m512 v = loadf<kT>(x + i, k);
+    const __m512 q = _mm512_add_ps(round_ps<R>(_mm512_mul_ps(v, a.inv)), a.zp);
+    const __m512 c = _mm512_mask_mov_ps(_mm512_min_ps(_mm512_max_ps(q, lo), hi), isnan_mask(v), a.zp);
+    store_narrow<kT>(out + i, k, _mm512_cvttps_epi32(c));
+  });
+}
+
+template <typename Q, bool kPer>
+void dequantize(const Q* q, float* y, int64_t n, const float* scale, const int32_t* zero_point) {
+  const __m512 s0 = _mm512_set1_ps(scale[0]);
+  const __m512i z0 = _mm512_set1_epi32(zero_point[0]);
+  vector_loop(n, [&](int64_t i, __mmask16 k, auto tail) {
+    constexpr bool kT = decltype(tail)::value;
+    __m512 s = s0;
+    __m512i z = z0;
+    if constexpr (kPer) {
+      s = loadf<kT>(scale + i, k, 1.0f);
+      z = loadi<kT>(zero_point + i, k);
+    }
+    const __m512i d = _mm512_sub_epi32(load_widen<kT>(q + i, k), z);
+    storef<kT>(y + i, k, _mm512_mul_ps(_mm512_cvtepi32_ps(d), s));
+  });
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Table entries: runtime arguments -> template instantiations
+// ---------------------------------------------------------------------------------------------------------
+
+// Calls fn(std::bool_constant<per>, std::integral_constant<RoundMode, mode>).
+template <typename Fn>
+inline void dispatch(int64_t param_stride, RoundMode round, Fn&& fn) {
+  using Even = std::integral_constant<RoundMode, RoundMode::kHalfToEven>;
+  using Away = std::integral_constant<RoundMode, RoundMode::kHalfAwayFromZero>;
+  const bool even = round == RoundMode::kHalfToEven;
+  if (param_stride) {
+    even ? fn(std::true_type{}, Even{}) : fn(std::true_type{}, Away{});
+  } else {
+    even ? fn(std::false_type{}, Even{}) : fn(std::false_type{}, Away{});
+  }
+}
+
+void fake_quant_symmetric(const float* x, float* y, int64_t n, const float* scale, int64_t param_stride, int32_t bin,
+                          RoundMode round) {
+  if (n <= 0) return;
+  dispatch(param_stride, round, [&](auto per, auto mode) {
+    fq_symmetric<decltype(per)::value, decltype(mode)::value>(x, y, n, scale, bin);
+  });
+}
+
+void fake_quant_symmetric_backward(const float* x, const float* grad, float* grad_x, int64_t n, const float* scale,
+                                   int64_t param_stride, int32_t bin, RoundMode round, GradMask mask,
+                                   double* grad_scale_acc) {
+  if (n <= 0) return;
+  dispatch(param_stride, round, [&](auto per, auto mode) {
+    constexpr bool kPer = decltype(per)::value;
+    constexpr RoundMode kMode = decltype(mode)::value;
+    if (grad_scale_acc) {
+      fq_symmetric_backward<kPer, kMode, true>(x, grad, grad_x, n, scale, bin, mask, grad_scale_acc);
+    } else {
+      fq_symmetric_backward<kPer, kMode, false>(x, grad, grad_x, n, scale, bin, mask, grad_scale_acc);
+    }
+  });
+}
+
+void fake_quant_affine(const float* x, float* y, int64_t n, const float* scale, const int32_t* zero_point,
+                       int64_t param_stride, int32_t qmin, int32_t qmax, RoundMode round) {
+  if (n <= 0) return;
+  dispatch(param_stride, round, [&](auto per, auto mode) {
+    fq_affine<decltype(per)::value, decltype(mode)::value>(x, y, n, scale, zero_point, qmin, qmax);
+  });
+}
+
+void fake_quant_affine_backward(const float* x, const float* grad, float* grad_x, int64_t n, const float* scale,
+                                const int32_t* zero_point, int64_t param_stride, int32_t qmin, int32_t qmax,
+                                RoundMode round, GradMask mask, double* grad_scale_acc, double* grad_zero_point_acc) {
+  if (n <= 0) return;
+  dispatch(param_stride, round, [&](auto per, auto mode) {
+    constexpr bool kPer = decltype(per)::value;
+    constexpr RoundMode kMode = decltype(mode)::value;
+    if (grad_scale_acc || grad_zero_point_acc) {
+      fq_affine_backward<kPer, kMode, true>(x, grad, grad_x, n, scale, zero_point, qmin, qmax, mask, grad_scale_acc,
+                                            grad_zero_point_acc);
+    } else {
+      fq_affine_backward<kPer, kMode, false>(x, grad, grad_x, n, scale, zero_point, qmin, qmax, mask, nullptr,
+                                             nullptr);
+    }
+  });
+}
+
+template <typename Q>
+void quantize_entry(const float* x, Q* q, int64_t n, const float* scale, const int32_t* zero_point,
+                    int64_t param_stride, int32_t qmin, int32_t qmax, RoundMode round) {
+  if (n <= 0) return;
+  dispatch(param_stride, round, [&](auto per, auto mode) {
+    quantize<Q, decltype(per)::value, decltype(mode)::value>(x, q, n, scale, zero_point, qmin, qmax);
+  });
+}
+
+template <typename Q>
+void dequantize_entry(const Q* q, float* y, int64_t n, const float* scale, const int32_t* zero_point,
+                      int64_t param_stride) {
+  if (n <= 0) return;
+  if (param_stride) {
+    dequantize<Q, true>(q, y, n, scale, zero_point);
+  } else {
+    dequantize<Q, false>(q, y, n, scale, zero_point);
+  }
+}
+
+}  // namespace
+}  // namespace avx512
+
+// Called by the dispatcher only on a CPU where this ISA was detected (the whole file, this function
+// included, is compiled with the ISA's flags).
+void fill_avx512_kernels(KernelTable* t) {
+  t->abs_max = avx512::abs_max;
+  t->abs_max_accumulate = avx512::abs_max_accumulate;
+  t->fake_quant_symmetric = avx512::fake_quant_symmetric;
+  t->fake_quant_symmetric_backward = avx512::fake_quant_symmetric_backward;
+  t->fake_quant_affine = avx512::fake_quant_affine;
+  t->fake_quant_affine_backward = avx512::fake_quant_affine_backward;
+  t->quantize_int8 = avx512::quantize_entry<int8_t>;
+  t->quantize_int16 = avx512::quantize_entry<int16_t>;
+  t->dequantize_int8 = avx512::dequantize_entry<int8_t>;
+  t->dequantize_int16 = avx512::dequantize_entry<int16_t>;
+}
+
+}  // namespace pyslim
