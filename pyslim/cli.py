@@ -24,12 +24,6 @@ def _info(args: argparse.Namespace) -> int:
     return 0
 
 
-def _bench(args: argparse.Namespace) -> int:
-    from pyslim import _bench
-
-    return _bench.main(args.rest)
-
-
 def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="pyslim", description="pyslim: model compression on native kernels")
     parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
@@ -37,10 +31,13 @@ def main(argv: Optional[List[str]] = None) -> int:
     p_info = sub.add_parser("info", help="version, ISA paths (built/detected/active), CUDA")
     p_info.add_argument("--json", action="store_true")
     p_info.set_defaults(fn=_info)
-    p_bench = sub.add_parser("bench", help="side-by-side benchmark of pyslim's kernels vs torch (see --help)",
-                             add_help=False)
-    p_bench.add_argument("rest", nargs=argparse.REMAINDER)
-    p_bench.set_defaults(fn=_bench)
+    sub.add_parser("bench", help="side-by-side benchmark of pyslim's kernels vs torch ('pyslim bench --help')")
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "bench":  # everything after 'bench' belongs to the benchmark's own parser
+        logging.basicConfig(level=logging.WARNING, format="%(name)s: %(message)s")
+        from pyslim import _bench
+
+        return _bench.main(argv[1:])
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(name)s: %(message)s")
     return args.fn(args)

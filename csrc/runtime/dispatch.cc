@@ -12,13 +12,21 @@ namespace {
 
 const char* const kNames[] = {"reference", "avx2", "avx512", "avx512vnni", "neon", "neondot"};
 
+// A table is filled only on a CPU that can run it: the fill function lives in its ISA's translation unit,
+// compiled with that ISA's flags, and the compiler may use those instructions even for its pointer stores.
 struct Tables {
   KernelTable table[static_cast<int>(Isa::kCount)];
-  bool present[static_cast<int>(Isa::kCount)] = {};
+  bool built[static_cast<int>(Isa::kCount)] = {};
+  bool filled[static_cast<int>(Isa::kCount)] = {};
   Tables() {
+    const uint32_t detected = detected_isas();
     auto add = [&](Isa isa, void (*fill)(KernelTable*)) {
-      fill(&table[static_cast<int>(isa)]);
-      present[static_cast<int>(isa)] = true;
+      const int i = static_cast<int>(isa);
+      built[i] = true;
+      if (detected & isa_bit(isa)) {
+        fill(&table[i]);
+        filled[i] = true;
+      }
     };
     add(Isa::kReference, fill_reference_kernels);
 #if defined(PYSLIM_BUILT_AVX2)
@@ -84,7 +92,7 @@ bool isa_from_name(const std::string& name, Isa* out) {
 uint32_t built_isas() {
   uint32_t mask = 0;
   for (int i = 0; i < static_cast<int>(Isa::kCount); ++i)
-    if (tables().present[i]) mask |= 1u << i;
+    if (tables().built[i]) mask |= 1u << i;
   return mask;
 }
 
@@ -98,7 +106,7 @@ std::vector<Isa> usable_isas() {
 
 const KernelTable* kernel_table(Isa isa) {
   const int i = static_cast<int>(isa);
-  if (i < 0 || i >= static_cast<int>(Isa::kCount) || !tables().present[i]) return nullptr;
+  if (i < 0 || i >= static_cast<int>(Isa::kCount) || !tables().filled[i]) return nullptr;
   return &tables().table[i];
 }
 

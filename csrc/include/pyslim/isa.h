@@ -24,7 +24,7 @@ enum class Isa : int {
 const char* isa_name(Isa isa);
 // Parses "reference", "avx2", ...; returns false for an unknown name.
 bool isa_from_name(const std::string& name, Isa* out);
-inline uint32_t isa_bit(Isa isa) { return 1u << static_cast<int>(isa); }
+static inline uint32_t isa_bit(Isa isa) { return 1u << static_cast<int>(isa); }
 
 uint32_t detected_isas();  // bitmask of paths the running CPU (and OS) supports; reference is always set
 uint32_t built_isas();     // bitmask of paths compiled into this binary; reference is always set

@@ -32,8 +32,11 @@ enum class GradMask : int {
 
 constexpr int64_t kMaxFloatPartial = 4096;
 
-// PaddleSlim's guarded reciprocal of a scale (fake_quantize_op.h `inverse`).
-inline float paddle_inverse(float s) { return s <= 1e-30f ? 1.0f / (s + 1e-6f) : 1.0f / s; }
+// PaddleSlim's guarded reciprocal of a scale (fake_quantize_op.h `inverse`). `static` on purpose: an
+// `inline` function gets one weak definition per translation unit, and the linker could keep the copy
+// compiled with -mavx512f for the baseline reference code. Every header function used by ISA-specific
+// files must have internal linkage.
+static inline float paddle_inverse(float s) { return s <= 1e-30f ? 1.0f / (s + 1e-6f) : 1.0f / s; }
 
 struct KernelTable {
   // ---- reductions ----
@@ -82,7 +85,8 @@ struct KernelTable {
                            int64_t param_stride);
 };
 
-// The table of a path, or nullptr when that path was not built into this binary. Does not check the CPU.
+// The table of a path, or nullptr when that path was not built into this binary or this CPU cannot run it
+// (a table is filled only when its ISA is detected: fill functions are compiled with their ISA's flags).
 const KernelTable* kernel_table(Isa isa);
 // The table of the active path (see isa.h).
 const KernelTable& active_kernels();

@@ -14,7 +14,7 @@ namespace pyslim {
 void parallel_for(int64_t num_tasks, int num_threads, const std::function<void(int64_t)>& fn);
 
 // Number of tasks to split `work` items into so that each has at least `grain` items.
-inline int64_t split_count(int64_t work, int64_t grain, int num_threads) {
+static inline int64_t split_count(int64_t work, int64_t grain, int num_threads) {
   if (work <= 0) return 0;
   int64_t tasks = (work + grain - 1) / grain;
   if (tasks > num_threads) tasks = num_threads;

@@ -1,0 +1,107 @@
+"""CUDA kernels against the CPU reference (bit-exact outputs, derived tolerances for summed gradients).
+
+Runs only where torch sees a GPU and pyslim was built with PYSLIM_ENABLE_CUDA=ON (bench/cuda_check.sh
+does both on a lent GPU machine); skipped elsewhere.
+"""
+
+import pytest
+import torch
+
+import pyslim
+import pyslim.ops as ops
+from pyslim.ops import reference as R
+
+pytestmark = [
+    pytest.mark.cuda,
+    pytest.mark.skipif(not (torch.cuda.is_available() and pyslim.native_info()["cuda_built"]),
+                       reason="needs a GPU and a CUDA build of pyslim"),
+]
+
+LAYOUTS = [((0,), None), ((1,), None), ((4099,), None), ((64, 9), 0), ((7, 3), 1), ((1000, 2), 1),
+           ((4, 7, 31), 1), ((3, 5, 32), 1), ((2, 3, 100003), 1), ((1, 300), 1), ((256, 64, 3, 3), 0)]
+
+
+def same(a, b):
+    a, b = a.cpu(), b.cpu()
+    ok = (a == b) | (torch.isnan(a) & torch.isnan(b)) if a.is_floating_point() else (a == b)
+    assert bool(ok.all()), f"{(~ok).sum().item()} mismatches"
+
+
+def values(shape):
+    x = torch.randn(shape) * 3
+    flat = x.view(-1)
+    specials = torch.tensor([0.0, -0.0, float("inf"), -float("inf"), float("nan"), 1e30, 1e-42, 0.5, -2.5])
+    k = min(flat.numel(), specials.numel())
+    flat[:k] = specials[:k]
+    return x
+
+
+@pytest.mark.parametrize("shape,axis", LAYOUTS, ids=str)
+@pytest.mark.parametrize("round_mode", ["half_to_even", "half_away_from_zero"])
+def test_cuda_symmetric_affine_quantize(shape, axis, round_mode):
+    x = values(shape)
+    c = () if axis is None else (shape[axis],)
+    scale = torch.rand(c) + 0.05
+    zp = torch.randint(-5, 5, c, dtype=torch.int32)
+    xd, sd, zd = x.cuda(), scale.cuda(), zp.cuda()
+    same(ops.fake_quant_symmetric(xd, sd, axis=axis, round_mode=round_mode),
+         R.fake_quant_symmetric(x, scale, axis, 8, round_mode))
+    same(ops.fake_quant_affine(xd, sd, zd, -128, 127, axis=axis, round_mode=round_mode),
+         R.fake_quant_affine(x, scale, zp, -128, 127, axis, round_mode))
+    q = ops.quantize(xd, sd, zd, axis=axis, round_mode=round_mode)
+    same(q, R.quantize(x, scale, zp, -128, 127, axis, torch.int8, round_mode))
+    same(ops.dequantize(q, sd, zd, axis=axis), R.dequantize(q.cpu(), scale, zp, axis))
+    finite = torch.where(torch.isfinite(x), x, torch.zeros_like(x))
+    if axis is None:
+        y, s = ops.fake_quant_abs_max(finite.cuda(), return_scale=True)
+        yr, sr = R.fake_quant_abs_max(finite)
+    else:
+        y, s = ops.fake_quant_channel_wise_abs_max(finite.cuda(), axis, return_scale=True)
+        yr, sr = R.fake_quant_channel_wise_abs_max(finite, axis)
+    same(s, sr)
+    same(y, yr)
+
+
+@pytest.mark.parametrize("shape,axis", LAYOUTS, ids=str)
+def test_cuda_backward_and_scale_gradients(shape, axis):
+    x = values(shape)
+    x = torch.where(torch.isfinite(x), x, torch.zeros_like(x))
+    c = () if axis is None else (shape[axis],)
+    scale = torch.rand(c) + 0.05
+    g = torch.randn(shape)
+    xd = x.cuda().requires_grad_()
+    sd = scale.cuda().requires_grad_()
+    ops.fake_quant_symmetric(xd, sd, axis=axis, grad="clipped").backward(g.cuda())
+    gx, gs = R.fake_quant_symmetric_backward(x, g, scale, axis, 8, "half_away_from_zero", "clipped")
+    same(xd.grad, gx)
+    tol = 2 ** -40 * float(g.abs().sum()) + 1e-6
+    assert torch.allclose(sd.grad.double().cpu().reshape(-1), gs, atol=tol, rtol=1e-6)
+
+
+def test_cuda_moving_average_and_pact():
+    x = torch.randn(1000, 37) * 4
+    bufs = [torch.ones(1), torch.ones(1), torch.full((1,), 0.001)]
+    dbufs = [b.cuda() for b in bufs]
+    for _ in range(3):
+        y = ops.fake_quant_moving_average_abs_max(x.cuda(), *dbufs)
+        yr = R.fake_quant_moving_average_abs_max(x, *bufs)
+        same(y, yr)
+        for a, b in zip(dbufs, bufs):
+            same(a, b)
+    alpha = torch.tensor(3.0)
+    xd = x.cuda().requires_grad_()
+    ad = alpha.cuda().requires_grad_()
+    ops.pact(xd, ad).sum().backward()
+    gx, ga = R.pact_backward(x, torch.ones_like(x), alpha)
+    same(xd.grad, gx)
+    assert abs(ad.grad.item() - ga.item()) <= 1e-4 * max(1.0, abs(ga.item()))
+
+
+def test_cuda_matches_torch_fake_quantize():
+    x = torch.randn(64, 256, 14, 14, device="cuda") * 3
+    same(ops.fake_quant_affine(x, torch.tensor(0.02, device="cuda"), torch.tensor(0, device="cuda"), -128, 127),
+         torch.fake_quantize_per_tensor_affine(x, 0.02, 0, -128, 127))
+    s = torch.rand(256, device="cuda") * 0.05 + 0.01
+    z = torch.zeros(256, dtype=torch.int32, device="cuda")
+    same(ops.fake_quant_affine(x, s, z, -128, 127, axis=1), torch.fake_quantize_per_channel_affine(x, s, z, 1, -128,
+                                                                                                  127))
