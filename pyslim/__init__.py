@@ -5,7 +5,7 @@ for the CPU they run on. See the README for the feature list and measured result
 """
 
 from pyslim._native import active_isa, force_isa, get_num_threads, native_info, set_num_threads
-from pyslim import ops
+from pyslim import ops, quant
 
 __version__ = native_info()["version"]
 
@@ -15,6 +15,7 @@ __all__ = [
     "get_num_threads",
     "native_info",
     "ops",
+    "quant",
     "set_num_threads",
     "__version__",
 ]

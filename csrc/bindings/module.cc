@@ -421,6 +421,12 @@ py::dict native_info() {
 }  // namespace binding
 }  // namespace pyslim
 
+namespace pyslim {
+namespace binding {
+void register_int8_ops(py::module_& m);
+}  // namespace binding
+}  // namespace pyslim
+
 PYBIND11_MODULE(_C, m) {
   using namespace pyslim;
   using namespace pyslim::binding;
@@ -468,6 +474,7 @@ PYBIND11_MODULE(_C, m) {
   m.def("quantize", &quantize_op, py::arg("x"), py::arg("out"), py::arg("scale"), py::arg("zero_point"),
         py::arg("axis"), py::arg("quant_min"), py::arg("quant_max"), py::arg("round_mode"), py::arg("threads"),
         py::arg("stream"));
+  register_int8_ops(m);
   m.def("dequantize", &dequantize_op, py::arg("q"), py::arg("out"), py::arg("scale"), py::arg("zero_point"),
         py::arg("axis"), py::arg("threads"), py::arg("stream"));
 }

@@ -28,19 +28,56 @@ struct Tables {
         filled[i] = true;
       }
     };
-    add(Isa::kReference, fill_reference_kernels);
+    // Every table starts with the reference GEMM; a path's own GEMM file, when built, overwrites it.
+    add(Isa::kReference, [](KernelTable* t) {
+      fill_reference_kernels(t);
+      fill_reference_gemm(t);
+    });
 #if defined(PYSLIM_BUILT_AVX2)
-    add(Isa::kAvx2, fill_avx2_kernels);
+    add(Isa::kAvx2, [](KernelTable* t) {
+      fill_avx2_kernels(t);
+      fill_reference_gemm(t);
+#if defined(PYSLIM_HAVE_GEMM_AVX2)
+      fill_avx2_gemm(t);
+#endif
+    });
 #endif
 #if defined(PYSLIM_BUILT_AVX512)
-    add(Isa::kAvx512, fill_avx512_kernels);
-    // Fake quantization has no use for VNNI: the VNNI table starts as the AVX-512 one; kernels that
-    // do use it (int8 GEMM) overwrite their entries.
-    add(Isa::kAvx512Vnni, fill_avx512_kernels);
+    // AVX-512 without VNNI runs the AVX2 GEMM (valid on every AVX-512 CPU); fake quantization is AVX-512.
+    add(Isa::kAvx512, [](KernelTable* t) {
+      fill_avx512_kernels(t);
+      fill_reference_gemm(t);
+#if defined(PYSLIM_HAVE_GEMM_AVX2)
+      fill_avx2_gemm(t);
+#endif
+    });
+    add(Isa::kAvx512Vnni, [](KernelTable* t) {
+      fill_avx512_kernels(t);
+      fill_reference_gemm(t);
+#if defined(PYSLIM_HAVE_GEMM_AVX512VNNI)
+      fill_avx512vnni_gemm(t);
+#elif defined(PYSLIM_HAVE_GEMM_AVX2)
+      fill_avx2_gemm(t);
+#endif
+    });
 #endif
 #if defined(PYSLIM_BUILT_NEON)
-    add(Isa::kNeon, fill_neon_kernels);
-    add(Isa::kNeonDot, fill_neon_kernels);
+    add(Isa::kNeon, [](KernelTable* t) {
+      fill_neon_kernels(t);
+      fill_reference_gemm(t);
+#if defined(PYSLIM_HAVE_GEMM_NEON)
+      fill_neon_gemm(t);
+#endif
+    });
+    add(Isa::kNeonDot, [](KernelTable* t) {
+      fill_neon_kernels(t);
+      fill_reference_gemm(t);
+#if defined(PYSLIM_HAVE_GEMM_NEONDOT)
+      fill_neondot_gemm(t);
+#elif defined(PYSLIM_HAVE_GEMM_NEON)
+      fill_neon_gemm(t);
+#endif
+    });
 #endif
   }
 };

@@ -315,3 +315,55 @@ def dequantize(q: Tensor, scale: ScaleLike, zero_point: Union[Tensor, int, None]
     scale_t = _check_params(q, axis, "scale", scale, torch.float32)
     zp_t = _zero_points(q, axis, zero_point)
     return dequantize_op(q, scale_t, zp_t, axis)
+
+
+# --------------------------------------------------------------------------------------------------------
+# int8 GEMM / convolution (CPU). The modules in pyslim.quant.nn wrap these; see their docs.
+# --------------------------------------------------------------------------------------------------------
+
+from pyslim.ops._int8 import ACTIVATIONS as _ACTIVATIONS  # noqa: E402
+from pyslim.ops._int8 import OUT_DTYPES as _OUT_DTYPES  # noqa: E402
+from pyslim.ops._int8 import conv2d_int8_op, gemm_int8_op, linear_int8_dynamic_op, pack_int8_weight_op  # noqa: E402
+
+
+def pack_int8_weight(weight: Tensor, groups: int = 1) -> Tuple[Tensor, Tensor]:
+    """Packs int8 weights (N, K) for the active CPU path: returns (packed uint8 buffer, int32 column sums).
+
+    The buffer is only valid for the path that packed it (checked at every use). Example::
+
+        >>> packed, col_sums = pack_int8_weight(torch.randint(-127, 128, (32, 64), dtype=torch.int8))
+    """
+    if not isinstance(weight, Tensor) or weight.dtype != torch.int8 or weight.dim() != 2:
+        raise TypeError(f"weight must be a 2-D int8 tensor (N, K); got {getattr(weight, 'dtype', type(weight))}"
+                        f" of shape {tuple(getattr(weight, 'shape', ()))}")
+    return pack_int8_weight_op(weight, int(groups))
+
+
+def gemm_int8(a: Tensor, packed: Tensor, out_features: int, out_dtype: torch.dtype = torch.int32,
+              a_scale: float = 1.0, a_zero_point: int = 0, col_sums: Optional[Tensor] = None,
+              weight_scale: Optional[Tensor] = None, bias: Optional[Tensor] = None, activation: Optional[str] = None,
+              out_scale: float = 1.0, out_zero_point: int = 0) -> Tensor:
+    """``a (.., K) int8/uint8 x W^T`` on the native kernels. ``out_dtype=torch.int32`` gives the exact
+    accumulator; float32 applies ``(acc - a_zp * col_sums) * a_scale * weight_scale + bias`` (+ ReLU/ReLU6);
+    int8/uint8 requantizes that with ``out_scale``/``out_zero_point`` (round half to even, saturating)."""
+    if out_dtype not in _OUT_DTYPES:
+        raise TypeError(f"out_dtype must be one of {list(_OUT_DTYPES)}; got {out_dtype}")
+    if activation not in _ACTIVATIONS:
+        raise ValueError(f"activation must be None, 'relu' or 'relu6'; got {activation!r}")
+    return gemm_int8_op(a, float(a_scale), int(a_zero_point), packed, col_sums, weight_scale, bias, int(out_features),
+                        _OUT_DTYPES[out_dtype], _ACTIVATIONS[activation], float(out_scale), int(out_zero_point))
+
+
+def linear_int8_dynamic(x: Tensor, packed: Tensor, col_sums: Tensor, weight_scale: Tensor, out_features: int,
+                        bias: Optional[Tensor] = None, per_row: bool = True, symmetric: bool = False,
+                        activation: Optional[str] = None) -> Tensor:
+    """float32 ``x (.., K)`` quantized to int8 inside the native call (per row or per tensor, symmetric or
+    asymmetric), multiplied by the packed int8 weights, float epilogue. See ``pyslim.quant.nn.Int8Linear``."""
+    x = _check_input(x)
+    if activation not in _ACTIVATIONS:
+        raise ValueError(f"activation must be None, 'relu' or 'relu6'; got {activation!r}")
+    return linear_int8_dynamic_op(x, packed, col_sums, weight_scale, bias, int(out_features), bool(per_row),
+                                  bool(symmetric), _ACTIVATIONS[activation])
+
+
+__all__ += ["pack_int8_weight", "gemm_int8", "linear_int8_dynamic"]

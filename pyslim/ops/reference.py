@@ -204,3 +204,77 @@ def dequantize(q: Tensor, scale: Tensor, zero_point: Tensor, axis: Optional[int]
     s = scale.reshape(_bshape(q, axis)).to(torch.float32)
     zp = zero_point.reshape(_bshape(q, axis)).to(torch.int32)
     return (q.to(torch.int32) - zp).to(torch.float32) * s
+
+
+# ------------------------------------------------------------------------------------------------------------
+# int8 GEMM / convolution (exact integer math in float64 / int64, then the float epilogue in float32)
+# ------------------------------------------------------------------------------------------------------------
+
+
+def gemm_int32(a: Tensor, w: Tensor) -> Tensor:
+    """acc[m][n] = sum_k a[m][k] * w[n][k] exactly (int32 result)."""
+    return (a.to(torch.int64) @ w.to(torch.int64).t()).to(torch.int32)
+
+
+def _activate(y: Tensor, activation: Optional[str]) -> Tensor:
+    if activation == "relu":
+        return torch.relu(y)
+    if activation == "relu6":
+        return torch.clamp(y, 0.0, 6.0)
+    return y
+
+
+def gemm_epilogue(acc: Tensor, act_scale, act_zero_point, weight_scale: Tensor, col_sums: Tensor,
+                  bias: Optional[Tensor] = None, activation: Optional[str] = None) -> Tensor:
+    """y = act(float(acc - zp * col_sums) * (scale * weight_scale) + bias); scale/zp per tensor or per row."""
+    s = torch.as_tensor(act_scale, dtype=torch.float32).reshape(-1, 1)
+    zp = torch.as_tensor(act_zero_point, dtype=torch.int64).reshape(-1, 1)
+    centered = (acc.to(torch.int64) - zp * col_sums.to(torch.int64)).to(torch.float32)
+    y = centered * (s * weight_scale.reshape(1, -1))
+    if bias is not None:
+        y = y + bias
+    return _activate(y, activation)
+
+
+def dynamic_quantize_rows(x: Tensor, per_row: bool = True, symmetric: bool = False) -> Tuple[Tensor, Tensor, Tensor]:
+    """The dynamic path's activation quantization: int8 q, scale and zero point per row (or per tensor)."""
+    x2 = x.reshape(-1, x.shape[-1])
+    if per_row:
+        lo, hi = x2.amin(dim=1, keepdim=True).clamp(max=0.0), x2.amax(dim=1, keepdim=True).clamp(min=0.0)
+        amax = x2.abs().amax(dim=1, keepdim=True)
+    else:
+        lo = x2.min().clamp(max=0.0).reshape(1, 1).expand(x2.shape[0], 1)
+        hi = x2.max().clamp(min=0.0).reshape(1, 1).expand(x2.shape[0], 1)
+        amax = x2.abs().max().reshape(1, 1).expand(x2.shape[0], 1)
+    if symmetric:
+        scale = amax / 127.0
+        scale = torch.where(scale > 0, scale, torch.ones_like(scale))
+        zp = torch.zeros_like(scale, dtype=torch.int32)
+    else:
+        scale = (hi - lo) / 255.0
+        scale = torch.where(scale > 0, scale, torch.ones_like(scale))
+        zp = torch.clamp(-128.0 - torch.round(lo / scale), -128, 127).to(torch.int32)
+    q = torch.clamp(torch.round(x2 * (1.0 / scale)) + zp.to(torch.float32), -128, 127).to(torch.int8)
+    return q, scale.reshape(-1), zp.reshape(-1)
+
+
+def linear_int8_dynamic(x: Tensor, weight_int8: Tensor, weight_scale: Tensor, bias: Optional[Tensor] = None,
+                        per_row: bool = True, symmetric: bool = False, activation: Optional[str] = None) -> Tensor:
+    q, s, zp = dynamic_quantize_rows(x, per_row, symmetric)
+    acc = gemm_int32(q, weight_int8)
+    col_sums = weight_int8.to(torch.int64).sum(dim=1)
+    y = gemm_epilogue(acc, s, zp, weight_scale, col_sums, bias, activation)
+    return y.reshape(*x.shape[:-1], weight_int8.shape[0])
+
+
+def conv2d_int8(xq: Tensor, x_scale: float, x_zero_point: int, weight_int8: Tensor, weight_scale: Tensor,
+                bias: Optional[Tensor], stride, padding, dilation, groups: int,
+                activation: Optional[str] = None) -> Tensor:
+    """xq: NHWC int8/uint8; weight_int8: torch layout (Cout, Cin/groups, KH, KW). Returns float32 NHWC.
+    Padding reads as the zero point (0.0 after dequantization); the integer sums are exact in float64."""
+    x = xq.permute(0, 3, 1, 2).to(torch.float64) - float(x_zero_point)
+    acc = torch.nn.functional.conv2d(x, weight_int8.to(torch.float64), None, stride, padding, dilation, groups)
+    y = acc.to(torch.float32) * (float(x_scale) * weight_scale.reshape(1, -1, 1, 1))
+    if bias is not None:
+        y = y + bias.reshape(1, -1, 1, 1)
+    return _activate(y, activation).permute(0, 2, 3, 1)

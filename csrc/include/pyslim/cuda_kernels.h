@@ -39,5 +39,23 @@ void dequantize_int8(const int8_t* q, float* y, const ChannelLayout& layout, con
 void dequantize_int16(const int16_t* q, float* y, const ChannelLayout& layout, const float* scale,
                       const int32_t* zero_point, intptr_t stream);
 
+// ---- int8 GEMM / depthwise convolution (same semantics as the CPU table entries in kernels.h) ----
+// C[m][n] = sum_k A[m][k] * W[n][k], int32, exact. A: M x K (row stride lda; uint8 when !a_signed, else
+// int8); W: N x K int8 row-major (unpacked); C: M x N int32 with row stride ldc.
+void gemm_s32(const void* A, bool a_signed, int64_t lda, const int8_t* W, int64_t M, int64_t N, int64_t K,
+              int32_t* C, int64_t ldc, intptr_t stream);
+
+// The float epilogue shared by Linear and conv, applied to an int32 accumulator block (see gemm.h):
+//   y[m][n] = act((acc[m][n] - zp_m * col_sums[n]) * scale_m * weight_scale[n] + bias[n])
+// with zp_m / scale_m from the per-row arrays when given, else the per-tensor values; bias may be null.
+// activation: 0 none, 1 relu, 2 relu6.
+void gemm_epilogue_f32(const int32_t* acc, int64_t ldacc, int64_t M, int64_t N, float act_scale,
+                       int32_t act_zero_point, const float* row_scales, const int32_t* row_zero_points,
+                       const float* weight_scale, const int32_t* col_sums, const float* bias, int activation,
+                       float* out, int64_t ldo, intptr_t stream);
+
+void depthwise_conv_s32(const void* x, bool x_signed, int32_t pad_value, const int8_t* w, int32_t* out,
+                        const DepthwiseShape& shape, intptr_t stream);
+
 }  // namespace cuda
 }  // namespace pyslim

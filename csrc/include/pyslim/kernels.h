@@ -32,6 +32,14 @@ enum class GradMask : int {
 
 constexpr int64_t kMaxFloatPartial = 4096;
 
+// Geometry of a depthwise 2-D convolution over NHWC tensors (one filter per channel, multiplier 1).
+struct DepthwiseShape {
+  int64_t batch, height, width, channels;         // input N, H, W, C
+  int64_t kernel_h, kernel_w;                     // KH, KW
+  int64_t out_h, out_w;                           // OH, OW
+  int64_t stride_h, stride_w, pad_h, pad_w, dilation_h, dilation_w;
+};
+
 // PaddleSlim's guarded reciprocal of a scale (fake_quantize_op.h `inverse`). `static` on purpose: an
 // `inline` function gets one weak definition per translation unit, and the linker could keep the copy
 // compiled with -mavx512f for the baseline reference code. Every header function used by ISA-specific
@@ -83,6 +91,31 @@ struct KernelTable {
                           int64_t param_stride);
   void (*dequantize_int16)(const int16_t* q, float* y, int64_t n, const float* scale, const int32_t* zero_point,
                            int64_t param_stride);
+
+  // ---- int8 GEMM, exact int32 accumulation (no saturation anywhere) ----
+  //   C[m][n] = sum_k A[m][k] * W[n][k]      for m in [0, M), n in [n_begin, n_end)
+  // A: M x K row-major with row stride lda (in elements), uint8 when !a_signed, int8 when a_signed.
+  // W: N x K int8 row-major (torch's Linear / flattened conv weight layout), given as the buffer written by
+  //    gemm_pack *of the same table* (each path has its own private layout; the buffer is 64-byte aligned
+  //    and gemm_packed_size(N, K) bytes long).
+  // C: int32, row stride ldc; only the [0, M) x [n_begin, n_end) block is written.
+  // n_begin is a multiple of gemm_n_step; n_end is a multiple of gemm_n_step or N. M, N, K >= 1.
+  // The caller (the driver) splits M and N across threads; a call must be safe to run concurrently with
+  // other calls on disjoint C blocks and may use only stack memory as scratch.
+  int64_t gemm_n_step;
+  int64_t (*gemm_packed_size)(int64_t N, int64_t K);
+  void (*gemm_pack)(const int8_t* W, int64_t N, int64_t K, void* packed);
+  void (*gemm_s32)(const void* A, bool a_signed, int64_t lda, const void* packed, int64_t M, int64_t N, int64_t K,
+                   int64_t n_begin, int64_t n_end, int32_t* C, int64_t ldc);
+
+  // ---- depthwise 2-D convolution, NHWC, exact int32 accumulation ----
+  //   out[b][oh][ow][c] = sum_{i<KH, j<KW} x[b][oh*sh - ph + i*dh][ow*sw - pw + j*dw][c] * w[i][j][c]
+  // where positions outside the input read as pad_value (the activation zero point, so that padding means
+  // 0.0 after dequantization). x: N x H x W x C contiguous (uint8 when !x_signed, else int8);
+  // w: KH x KW x C int8 contiguous; out: N x OH x OW x C int32 contiguous. Computes the output rows
+  // [row_begin, row_end) of the flattened (b, oh) index; safe to run concurrently on disjoint rows.
+  void (*depthwise_conv_s32)(const void* x, bool x_signed, int32_t pad_value, const int8_t* w, int32_t* out,
+                             const DepthwiseShape& shape, int64_t row_begin, int64_t row_end);
 };
 
 // The table of a path, or nullptr when that path was not built into this binary or this CPU cannot run it
@@ -96,5 +129,12 @@ void fill_reference_kernels(KernelTable* t);
 void fill_avx2_kernels(KernelTable* t);
 void fill_avx512_kernels(KernelTable* t);
 void fill_neon_kernels(KernelTable* t);
+// The int8 GEMM / depthwise entries (gemm_*, depthwise_conv_s32) of each table. A path whose file is not
+// built keeps the reference entries (see dispatch.cc); avx512 uses the AVX2 GEMM, avx512vnni its own.
+void fill_reference_gemm(KernelTable* t);
+void fill_avx2_gemm(KernelTable* t);
+void fill_avx512vnni_gemm(KernelTable* t);
+void fill_neon_gemm(KernelTable* t);
+void fill_neondot_gemm(KernelTable* t);
 
 }  // namespace pyslim

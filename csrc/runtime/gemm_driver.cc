@@ -1,0 +1,275 @@
+// Int8 GEMM / convolution drivers: split the output into blocks that run on the pool, call the ISA's
+// gemm_s32 / depthwise_conv_s32 into a per-task int32 block that stays in cache, and apply the epilogue
+// while it is hot. Accumulator blocks are indexed by absolute column (the micro-kernels write C[r*ldc + n]
+// for n in [n_begin, n_end)), so a block buffer is addressed through a pointer offset by -n_begin.
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <memory>
+#include <vector>
+
+#include "pyslim/gemm.h"
+#include "pyslim/thread_pool.h"
+
+namespace pyslim {
+namespace {
+
+constexpr int64_t kRowBlock = 128;     // rows of A per task
+constexpr int64_t kColBlock = 512;     // columns per task when there are enough row blocks
+constexpr int64_t kPixelBlock = 64;    // output pixels per im2col task
+
+inline int64_t round_up(int64_t v, int64_t m) { return (v + m - 1) / m * m; }
+inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+template <Activation act>
+inline float activate(float y) {
+  if (act == Activation::kRelu) return y > 0.0f ? y : 0.0f;
+  if (act == Activation::kRelu6) return y > 0.0f ? (y < 6.0f ? y : 6.0f) : 0.0f;
+  return y;
+}
+
+template <GemmEpilogue::Kind kind, Activation act>
+void epilogue_rows(const int32_t* acc, int64_t ldacc, int64_t rows, int64_t row0, int64_t n_begin, int64_t n_end,
+                   const GemmEpilogue& e, void* out, int64_t ldo) {
+  const float lo = e.out_signed ? -128.0f : 0.0f, hi = e.out_signed ? 127.0f : 255.0f;
+  const float out_zp = static_cast<float>(e.out_zero_point);
+  for (int64_t r = 0; r < rows; ++r) {
+    const int64_t m = row0 + r;
+    const int32_t* a = acc + r * ldacc;
+    const float scale = e.row_scales ? e.row_scales[m] : e.act_scale;
+    const int64_t zp = e.row_zero_points ? e.row_zero_points[m] : e.act_zero_point;
+    for (int64_t n = n_begin; n < n_end; ++n) {
+      const int64_t centered = static_cast<int64_t>(a[n]) - (zp != 0 ? zp * e.col_sums[n] : 0);
+      float y = static_cast<float>(centered) * (scale * e.weight_scale[n]);
+      if (e.bias) y = y + e.bias[n];
+      y = activate<act>(y);
+      if (kind == GemmEpilogue::kFloat32) {
+        static_cast<float*>(out)[m * ldo + n] = y;
+      } else {
+        float q = std::nearbyint(y / e.out_scale) + out_zp;
+        q = std::isnan(q) ? out_zp : std::fmin(std::fmax(q, lo), hi);
+        if (e.out_signed) {
+          static_cast<int8_t*>(out)[m * ldo + n] = static_cast<int8_t>(static_cast<int32_t>(q));
+        } else {
+          static_cast<uint8_t*>(out)[m * ldo + n] = static_cast<uint8_t>(static_cast<int32_t>(q));
+        }
+      }
+    }
+  }
+}
+
+template <GemmEpilogue::Kind kind>
+void epilogue_kind(const int32_t* acc, int64_t ldacc, int64_t rows, int64_t row0, int64_t n_begin, int64_t n_end,
+                   const GemmEpilogue& e, void* out, int64_t ldo) {
+  switch (e.activation) {
+    case Activation::kRelu:
+      return epilogue_rows<kind, Activation::kRelu>(acc, ldacc, rows, row0, n_begin, n_end, e, out, ldo);
+    case Activation::kRelu6:
+      return epilogue_rows<kind, Activation::kRelu6>(acc, ldacc, rows, row0, n_begin, n_end, e, out, ldo);
+    default:
+      return epilogue_rows<kind, Activation::kNone>(acc, ldacc, rows, row0, n_begin, n_end, e, out, ldo);
+  }
+}
+
+// An uninitialised int32 block of rows x (n_end - n_begin), addressed by absolute column.
+struct AccBlock {
+  std::unique_ptr<int32_t[]> storage;
+  int32_t* base;  // storage - n_begin
+  int64_t ld;
+  AccBlock(int64_t rows, int64_t n_begin, int64_t n_end)
+      : storage(new int32_t[static_cast<size_t>(rows * (n_end - n_begin))]),
+        base(storage.get() - n_begin),
+        ld(n_end - n_begin) {}
+};
+
+GemmEpilogue offset_epilogue(const GemmEpilogue& e, int64_t columns) {
+  GemmEpilogue g = e;
+  if (g.weight_scale) g.weight_scale += columns;
+  if (g.col_sums) g.col_sums += columns;
+  if (g.bias) g.bias += columns;
+  return g;
+}
+
+size_t output_element_size(const GemmEpilogue& e) {
+  return e.kind == GemmEpilogue::kQuantized ? 1 : 4;
+}
+
+}  // namespace
+
+void apply_gemm_epilogue(const int32_t* acc, int64_t ldacc, int64_t rows, int64_t row0, int64_t n_begin,
+                         int64_t n_end, const GemmEpilogue& e, void* out, int64_t ldo) {
+  switch (e.kind) {
+    case GemmEpilogue::kInt32:
+      for (int64_t r = 0; r < rows; ++r)
+        std::memcpy(static_cast<int32_t*>(out) + (row0 + r) * ldo + n_begin, acc + r * ldacc + n_begin,
+                    static_cast<size_t>(n_end - n_begin) * sizeof(int32_t));
+      return;
+    case GemmEpilogue::kFloat32:
+      return epilogue_kind<GemmEpilogue::kFloat32>(acc, ldacc, rows, row0, n_begin, n_end, e, out, ldo);
+    case GemmEpilogue::kQuantized:
+      return epilogue_kind<GemmEpilogue::kQuantized>(acc, ldacc, rows, row0, n_begin, n_end, e, out, ldo);
+  }
+}
+
+void gemm(const KernelTable& k, const void* A, bool a_signed, int64_t lda, const void* packed, int64_t M,
+          int64_t N, int64_t K, const GemmEpilogue& e, void* out, int64_t ldo, int threads) {
+  if (M <= 0 || N <= 0) return;
+  const int64_t step = std::max<int64_t>(k.gemm_n_step, 1);
+  const int64_t row_blocks = ceil_div(M, kRowBlock);
+  int64_t col_block = std::min(round_up(N, step), round_up(kColBlock, step));
+  if (row_blocks < threads) {
+    // Few rows (GEMV-like): split the columns so that every thread gets about two blocks.
+    const int64_t want = ceil_div(2 * threads, row_blocks);
+    col_block = std::min(col_block, round_up(ceil_div(N, want), step));
+  }
+  const int64_t col_blocks = ceil_div(N, col_block);
+  const auto* a_bytes = static_cast<const uint8_t*>(A);
+  parallel_for(row_blocks * col_blocks, threads, [&](int64_t task) {
+    const int64_t m0 = (task / col_blocks) * kRowBlock;
+    const int64_t rows = std::min(kRowBlock, M - m0);
+    const int64_t n0 = (task % col_blocks) * col_block;
+    const int64_t n1 = std::min(N, n0 + col_block);
+    const void* a = a_bytes + m0 * lda;
+    if (e.kind == GemmEpilogue::kInt32) {
+      k.gemm_s32(a, a_signed, lda, packed, rows, N, K, n0, n1, static_cast<int32_t*>(out) + m0 * ldo, ldo);
+      return;
+    }
+    AccBlock acc(rows, n0, n1);
+    k.gemm_s32(a, a_signed, lda, packed, rows, N, K, n0, n1, acc.base, acc.ld);
+    apply_gemm_epilogue(acc.base, acc.ld, rows, m0, n0, n1, e, out, ldo);
+  });
+}
+
+void gemm_dynamic(const KernelTable& k, const float* A, int64_t lda, bool per_row, bool symmetric,
+                  const void* packed, int64_t M, int64_t N, int64_t K, GemmEpilogue e, float* out, int64_t ldo,
+                  int threads) {
+  if (M <= 0 || N <= 0) return;
+  std::unique_ptr<int8_t[]> q(new int8_t[static_cast<size_t>(M * K)]);
+  std::vector<float> scales(static_cast<size_t>(M));
+  std::vector<int32_t> zero_points(static_cast<size_t>(M));
+  std::vector<float> lows(static_cast<size_t>(M)), highs(static_cast<size_t>(M));
+  // 1. per-row statistics
+  parallel_for(split_count(M * K, 1 << 16, threads), threads, [&](int64_t task) {
+    const int64_t tasks = split_count(M * K, 1 << 16, threads);
+    const int64_t r0 = M * task / tasks, r1 = M * (task + 1) / tasks;
+    for (int64_t m = r0; m < r1; ++m) {
+      const float* row = A + m * lda;
+      if (symmetric) {
+        highs[m] = k.abs_max(row, K);
+      } else {
+        float lo = 0.0f, hi = 0.0f;
+        for (int64_t i = 0; i < K; ++i) {
+          lo = std::fmin(lo, row[i]);
+          hi = std::fmax(hi, row[i]);
+          if (std::isnan(row[i])) lo = hi = row[i];
+        }
+        lows[m] = lo;
+        highs[m] = hi;
+      }
+    }
+  });
+  if (!per_row) {
+    float lo = 0.0f, hi = 0.0f;
+    bool nan = false;
+    for (int64_t m = 0; m < M; ++m) {
+      nan = nan || std::isnan(highs[m]) || (!symmetric && std::isnan(lows[m]));
+      hi = std::fmax(hi, highs[m]);
+      if (!symmetric) lo = std::fmin(lo, lows[m]);
+    }
+    if (nan) hi = std::nanf("");
+    std::fill(highs.begin(), highs.end(), hi);
+    std::fill(lows.begin(), lows.end(), lo);
+  }
+  // 2. parameters: symmetric -> zero point 0, scale max|a| / 127; asymmetric -> [lo, hi] onto [-128, 127]
+  for (int64_t m = 0; m < M; ++m) {
+    if (symmetric) {
+      const float s = highs[m] / 127.0f;
+      scales[m] = (s > 0.0f || std::isnan(s)) ? s : 1.0f;
+      zero_points[m] = 0;
+    } else {
+      const float s = (highs[m] - lows[m]) / 255.0f;
+      scales[m] = (s > 0.0f || std::isnan(s)) ? s : 1.0f;
+      const float z = std::isnan(s) ? 0.0f : -128.0f - std::nearbyint(lows[m] / scales[m]);
+      zero_points[m] = static_cast<int32_t>(std::fmin(std::fmax(z, -128.0f), 127.0f));
+    }
+  }
+  // 3. quantize rows (the fake-quant table's quantize kernel: q = clamp(round(a / s) + zp))
+  parallel_for(split_count(M * K, 1 << 16, threads), threads, [&](int64_t task) {
+    const int64_t tasks = split_count(M * K, 1 << 16, threads);
+    const int64_t r0 = M * task / tasks, r1 = M * (task + 1) / tasks;
+    for (int64_t m = r0; m < r1; ++m)
+      k.quantize_int8(A + m * lda, q.get() + m * K, K, &scales[m], &zero_points[m], 0, -128, 127,
+                      RoundMode::kHalfToEven);
+  });
+  e.kind = GemmEpilogue::kFloat32;
+  e.row_scales = scales.data();
+  e.row_zero_points = zero_points.data();
+  gemm(k, q.get(), true, K, packed, M, N, K, e, out, ldo, threads);
+}
+
+void conv2d_nhwc(const KernelTable& k, const void* x, bool x_signed, int32_t pad_value, const void* packed,
+                 int64_t group_stride, const ConvShape& s, const GemmEpilogue& e, void* out, int threads) {
+  const int64_t groups = s.groups;
+  const int64_t cin_g = s.in_c / groups, cout_g = s.out_c / groups;
+  const int64_t kg = s.kernel_h * s.kernel_w * cin_g;
+  const int64_t pixels = s.batch * s.out_h * s.out_w;
+  const size_t out_elem = output_element_size(e);
+  const auto* xb = static_cast<const uint8_t*>(x);
+  const auto* wb = static_cast<const uint8_t*>(packed);
+  if (pixels == 0 || s.out_c == 0) return;
+  // 1x1, stride 1, no padding, one group: the activations already are the GEMM's A matrix.
+  if (groups == 1 && s.kernel_h == 1 && s.kernel_w == 1 && s.stride_h == 1 && s.stride_w == 1 && s.pad_h == 0 &&
+      s.pad_w == 0) {
+    gemm(k, x, x_signed, s.in_c, packed, pixels, s.out_c, s.in_c, e, out, s.out_c, threads);
+    return;
+  }
+  const auto pad_byte = static_cast<uint8_t>(pad_value & 0xff);
+  const int64_t pixel_blocks = ceil_div(pixels, kPixelBlock);
+  parallel_for(pixel_blocks * groups, threads, [&](int64_t task) {
+    const int64_t g = task % groups;
+    const int64_t p0 = (task / groups) * kPixelBlock;
+    const int64_t rows = std::min(kPixelBlock, pixels - p0);
+    std::unique_ptr<uint8_t[]> a(new uint8_t[static_cast<size_t>(rows * kg)]);
+    for (int64_t r = 0; r < rows; ++r) {
+      const int64_t p = p0 + r;
+      const int64_t b = p / (s.out_h * s.out_w), oh = (p / s.out_w) % s.out_h, ow = p % s.out_w;
+      uint8_t* dst = a.get() + r * kg;
+      for (int64_t i = 0; i < s.kernel_h; ++i) {
+        const int64_t ih = oh * s.stride_h - s.pad_h + i * s.dilation_h;
+        for (int64_t j = 0; j < s.kernel_w; ++j, dst += cin_g) {
+          const int64_t iw = ow * s.stride_w - s.pad_w + j * s.dilation_w;
+          if (ih >= 0 && ih < s.in_h && iw >= 0 && iw < s.in_w) {
+            std::memcpy(dst, xb + ((b * s.in_h + ih) * s.in_w + iw) * s.in_c + g * cin_g, static_cast<size_t>(cin_g));
+          } else {
+            std::memset(dst, pad_byte, static_cast<size_t>(cin_g));
+          }
+        }
+      }
+    }
+    AccBlock acc(rows, 0, cout_g);
+    k.gemm_s32(a.get(), x_signed, kg, wb + g * group_stride, rows, cout_g, kg, 0, cout_g, acc.base, acc.ld);
+    const GemmEpilogue eg = offset_epilogue(e, g * cout_g);
+    apply_gemm_epilogue(acc.base, acc.ld, rows, p0, 0, cout_g, eg,
+                        static_cast<uint8_t*>(out) + static_cast<size_t>(g * cout_g) * out_elem, s.out_c);
+  });
+}
+
+void depthwise_conv2d_nhwc(const KernelTable& k, const void* x, bool x_signed, int32_t pad_value, const int8_t* w,
+                           const ConvShape& s, const GemmEpilogue& e, void* out, int threads) {
+  const int64_t rows = s.batch * s.out_h;  // (b, oh) rows of out_w x C outputs
+  if (rows == 0 || s.out_w == 0 || s.out_c == 0) return;
+  DepthwiseShape d{s.batch, s.in_h, s.in_w, s.in_c, s.kernel_h, s.kernel_w, s.out_h, s.out_w,
+                   s.stride_h, s.stride_w, s.pad_h, s.pad_w, s.dilation_h, s.dilation_w};
+  const int64_t row_elems = s.out_w * s.out_c;
+  const int64_t rows_per_task = std::max<int64_t>(1, (kPixelBlock * 4) / std::max<int64_t>(s.out_w, 1));
+  const int64_t tasks = ceil_div(rows, rows_per_task);
+  parallel_for(tasks, threads, [&](int64_t task) {
+    const int64_t r0 = task * rows_per_task, r1 = std::min(rows, r0 + rows_per_task);
+    std::unique_ptr<int32_t[]> acc(new int32_t[static_cast<size_t>((r1 - r0) * row_elems)]);
+    int32_t* base = acc.get() - r0 * row_elems;  // the kernel writes absolute (b, oh) rows
+    k.depthwise_conv_s32(x, x_signed, pad_value, w, base, d, r0, r1);
+    apply_gemm_epilogue(acc.get(), s.out_c, (r1 - r0) * s.out_w, r0 * s.out_w, 0, s.out_c, e, out, s.out_c);
+  });
+}
+
+}  // namespace pyslim

@@ -1,0 +1,100 @@
+"""torch.library custom ops over the native int8 GEMM / convolution drivers (CPU)."""
+
+from __future__ import annotations
+
+from typing import List, Optional, Tuple
+
+import torch
+from torch import Tensor
+
+from pyslim import _C
+from pyslim._native import capsule, get_num_threads
+
+# Output codes of gemm_int8.
+OUT_DTYPES = {torch.int32: 0, torch.float32: 1, torch.int8: 2, torch.uint8: 3}
+_CODE_DTYPE = {v: k for k, v in OUT_DTYPES.items()}
+ACTIVATIONS = {None: 0, "none": 0, "relu": 1, "relu6": 2}
+
+
+def _opt(t: Optional[Tensor]):
+    return None if t is None else capsule(t)
+
+
+@torch.library.custom_op("pyslim::pack_int8_weight", mutates_args=())
+def pack_int8_weight_op(weight: Tensor, groups: int) -> Tuple[Tensor, Tensor]:
+    n, k = weight.shape
+    packed = torch.empty(_C.gemm_packed_nbytes(n, k, groups), dtype=torch.uint8)
+    col_sums = torch.empty(n, dtype=torch.int32)
+    _C.pack_int8_weight(capsule(weight.contiguous()), capsule(packed), capsule(col_sums), groups)
+    return packed, col_sums
+
+
+@pack_int8_weight_op.register_fake
+def _(weight, groups):
+    n, k = weight.shape
+    return (torch.empty(_C.gemm_packed_nbytes(n, k, groups), dtype=torch.uint8, device=weight.device),
+            weight.new_empty(n, dtype=torch.int32))
+
+
+@torch.library.custom_op("pyslim::linear_int8_dynamic", mutates_args=())
+def linear_int8_dynamic_op(x: Tensor, packed: Tensor, col_sums: Tensor, weight_scale: Tensor, bias: Optional[Tensor],
+                           out_features: int, per_row: bool, symmetric: bool, activation: int) -> Tensor:
+    k = x.shape[-1]
+    x2 = x.reshape(-1, k).contiguous()
+    out = torch.empty(x2.shape[0], out_features, dtype=torch.float32)
+    _C.linear_int8_dynamic(capsule(x2), capsule(packed), capsule(col_sums), capsule(weight_scale), _opt(bias),
+                           capsule(out), per_row, symmetric, activation, get_num_threads())
+    return out.reshape(*x.shape[:-1], out_features)
+
+
+@linear_int8_dynamic_op.register_fake
+def _(x, packed, col_sums, weight_scale, bias, out_features, per_row, symmetric, activation):
+    return x.new_empty(*x.shape[:-1], out_features)
+
+
+@torch.library.custom_op("pyslim::gemm_int8", mutates_args=())
+def gemm_int8_op(a: Tensor, a_scale: float, a_zero_point: int, packed: Tensor, col_sums: Optional[Tensor],
+                 weight_scale: Optional[Tensor], bias: Optional[Tensor], out_features: int, out_dtype: int,
+                 activation: int, out_scale: float, out_zero_point: int) -> Tensor:
+    k = a.shape[-1]
+    a2 = a.reshape(-1, k).contiguous()
+    out = torch.empty(a2.shape[0], out_features, dtype=_CODE_DTYPE[out_dtype])
+    _C.gemm_int8(capsule(a2), a_scale, a_zero_point, capsule(packed), _opt(col_sums), _opt(weight_scale), _opt(bias),
+                 capsule(out), activation, out_scale, out_zero_point, get_num_threads())
+    return out.reshape(*a.shape[:-1], out_features)
+
+
+@gemm_int8_op.register_fake
+def _(a, a_scale, a_zero_point, packed, col_sums, weight_scale, bias, out_features, out_dtype, activation, out_scale,
+      out_zero_point):
+    return a.new_empty(*a.shape[:-1], out_features, dtype=_CODE_DTYPE[out_dtype])
+
+
+def _conv_out_hw(h: int, w: int, kernel: Tuple[int, int], stride: List[int], padding: List[int],
+                 dilation: List[int]) -> Tuple[int, int]:
+    oh = (h + 2 * padding[0] - dilation[0] * (kernel[0] - 1) - 1) // stride[0] + 1
+    ow = (w + 2 * padding[1] - dilation[1] * (kernel[1] - 1) - 1) // stride[1] + 1
+    return oh, ow
+
+
+@torch.library.custom_op("pyslim::conv2d_int8", mutates_args=())
+def conv2d_int8_op(x: Tensor, x_scale: float, x_zero_point: int, packed: Optional[Tensor],
+                   dw_weight: Optional[Tensor], col_sums: Tensor, weight_scale: Tensor, bias: Optional[Tensor],
+                   out_channels: int, kernel_h: int, kernel_w: int, stride: List[int], padding: List[int],
+                   dilation: List[int], groups: int, activation: int) -> Tensor:
+    """x: quantized NHWC (int8 / uint8); returns float32 NHWC."""
+    n, h, w, _ = x.shape
+    oh, ow = _conv_out_hw(h, w, (kernel_h, kernel_w), stride, padding, dilation)
+    out = torch.empty(n, max(oh, 0), max(ow, 0), out_channels, dtype=torch.float32)
+    _C.conv2d_int8(capsule(x.contiguous()), x_scale, x_zero_point, _opt(packed), _opt(dw_weight), capsule(col_sums),
+                   capsule(weight_scale), _opt(bias), capsule(out), out_channels, kernel_h, kernel_w, list(stride),
+                   list(padding), list(dilation), groups, activation, 1.0, 0, get_num_threads())
+    return out
+
+
+@conv2d_int8_op.register_fake
+def _(x, x_scale, x_zero_point, packed, dw_weight, col_sums, weight_scale, bias, out_channels, kernel_h, kernel_w,
+      stride, padding, dilation, groups, activation):
+    n, h, w, _ = x.shape
+    oh, ow = _conv_out_hw(h, w, (kernel_h, kernel_w), stride, padding, dilation)
+    return x.new_empty(n, oh, ow, out_channels, dtype=torch.float32)

@@ -1,0 +1,250 @@
+"""Int8 inference modules on the native kernels.
+
+Example::
+
+    >>> import torch, pyslim.quant.nn as qnn
+    >>> lin = torch.nn.Linear(64, 32).eval()
+    >>> q = qnn.Int8Linear.from_float(lin)                       # dynamic int8 activations
+    >>> y = q(torch.randn(8, 64))
+    >>> conv = torch.nn.Conv2d(16, 32, 3, padding=1).eval()
+    >>> qc = qnn.Int8Conv2d.from_float(conv)
+    >>> z = qc(torch.randn(1, 16, 28, 28))
+"""
+
+from __future__ import annotations
+
+import numbers
+from typing import Optional, Sequence, Tuple, Union
+
+import torch
+from torch import Tensor, nn
+
+import pyslim
+from pyslim.ops import _int8 as I
+from pyslim.ops import quantize
+from pyslim.ops import reference as R
+
+__all__ = ["Int8Linear", "Int8Conv2d", "quantize_weight"]
+
+ActivationSpec = Union[str, Tuple[float, int]]
+
+
+def quantize_weight(weight: Tensor, weight_quantize_type: str = "channel_wise_abs_max", bits: int = 8
+                    ) -> Tuple[Tensor, Tensor]:
+    """Symmetric int8 weights: ``scale = max|W| / 127`` per output channel (axis 0) or per tensor;
+    ``q = round_half_even(W / scale)``. Returns (int8 weight, float32 scale of length out_channels)."""
+    if weight_quantize_type not in ("channel_wise_abs_max", "abs_max"):
+        raise ValueError("weight_quantize_type must be 'channel_wise_abs_max' or 'abs_max'; got "
+                         f"{weight_quantize_type!r}")
+    if bits != 8:
+        raise ValueError(f"the int8 kernels take 8-bit weights; got bits={bits}")
+    w = weight.detach().to(torch.float32).contiguous()
+    if not bool(torch.isfinite(w).all()):
+        raise ValueError("weight contains NaN or Inf")
+    out_c = w.shape[0]
+    if weight_quantize_type == "channel_wise_abs_max":
+        amax = R.abs_max(w, 0) if w.numel() else torch.zeros(out_c)
+    else:
+        amax = R.abs_max(w).expand(out_c)
+    scale = torch.where(amax > 0, amax / 127.0, torch.ones_like(amax)).to(torch.float32).contiguous()
+    q = quantize(w, scale, axis=0, dtype=torch.int8, quant_min=-127, quant_max=127)
+    return q, scale
+
+
+def _activation_spec(activation: ActivationSpec) -> Tuple[bool, float, int]:
+    """(dynamic, scale, zero_point) from 'dynamic' or (scale, zero_point) with an int8 zero point."""
+    if isinstance(activation, str):
+        if activation != "dynamic":
+            raise ValueError(f"activation must be 'dynamic' or (scale, zero_point); got {activation!r}")
+        return True, 1.0, 0
+    if (not isinstance(activation, (tuple, list)) or len(activation) != 2
+            or not isinstance(activation[0], numbers.Real) or not isinstance(activation[1], numbers.Integral)):
+        raise ValueError(f"activation must be 'dynamic' or (scale, zero_point); got {activation!r}")
+    scale, zp = float(activation[0]), int(activation[1])
+    if not scale > 0 or scale != scale or scale == float("inf"):
+        raise ValueError(f"activation scale must be finite and > 0; got {scale}")
+    if not -128 <= zp <= 127:
+        raise ValueError(f"activation zero_point must be an int8 value in [-128, 127]; got {zp}")
+    return False, scale, zp
+
+
+class _Int8Base(nn.Module):
+    """Holds the int8 weight (persistent) and its packed form for the active CPU path (rebuilt on demand)."""
+
+    def _init_common(self, weight_int8: Tensor, weight_scale: Tensor, bias: Optional[Tensor], dynamic: bool,
+                     act_scale: float, act_zero_point: int) -> None:
+        self.register_buffer("weight_int8", weight_int8.contiguous())
+        self.register_buffer("weight_scale", weight_scale.to(torch.float32).contiguous())
+        self.register_buffer("bias", None if bias is None else bias.detach().to(torch.float32).contiguous())
+        self.dynamic = dynamic
+        self.register_buffer("act_scale", torch.tensor(act_scale, dtype=torch.float32))
+        self.register_buffer("act_zero_point", torch.tensor(act_zero_point, dtype=torch.int32))
+        self._packed: Optional[Tensor] = None
+        self._col_sums: Optional[Tensor] = None
+        self._packed_isa: Optional[str] = None
+        self.eval()
+
+    def _pack_source(self) -> Tuple[Tensor, int]:
+        raise NotImplementedError
+
+    def _ensure_packed(self) -> None:
+        if torch.compiler.is_compiling():
+            return
+        isa = pyslim.active_isa()
+        if self._packed is None or self._packed_isa != isa:
+            w2d, groups = self._pack_source()
+            self._packed, self._col_sums = I.pack_int8_weight_op(w2d, groups)
+            self._packed_isa = isa
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        self._packed = None  # the int8 weight changed: repack on the next forward
+
+    def _check_input(self, x: Tensor, name: str = "x") -> None:
+        if self.training:
+            raise RuntimeError(f"{type(self).__name__} is an inference module (int8 weights, no gradient); "
+                               "call .eval() — train the float model, or use QAT, instead")
+        if not isinstance(x, Tensor) or x.dtype != torch.float32:
+            raise TypeError(f"{name} must be a float32 tensor; got {getattr(x, 'dtype', type(x).__name__)}")
+        if x.device.type != "cpu":
+            raise ValueError(f"{name} must be on the CPU (the int8 kernels are CPU kernels here); got {x.device}")
+
+
+class Int8Linear(_Int8Base):
+    """``y = x W^T + b`` with int8 W (symmetric, per output channel) and int8 activations, on the native GEMM.
+
+    Activations are quantized inside the native call: dynamically per row (``activation="dynamic"``,
+    asymmetric by default) or with a fixed ``(scale, zero_point)`` (int8 zero point) from calibration.
+    """
+
+    def __init__(self, in_features: int, out_features: int, weight_int8: Tensor, weight_scale: Tensor,
+                 bias: Optional[Tensor] = None, activation: ActivationSpec = "dynamic", per_row: bool = True,
+                 symmetric: bool = False, fused_activation: Optional[str] = None):
+        super().__init__()
+        self.in_features, self.out_features = in_features, out_features
+        if tuple(weight_int8.shape) != (out_features, in_features) or weight_int8.dtype != torch.int8:
+            raise ValueError(f"weight_int8 must be int8 of shape ({out_features}, {in_features}); got "
+                             f"{weight_int8.dtype} {tuple(weight_int8.shape)}")
+        if fused_activation not in I.ACTIVATIONS:
+            raise ValueError(f"fused_activation must be None, 'relu' or 'relu6'; got {fused_activation!r}")
+        dynamic, scale, zp = _activation_spec(activation)
+        self.per_row, self.symmetric, self.fused_activation = per_row, symmetric, fused_activation
+        self._init_common(weight_int8, weight_scale, bias, dynamic, scale, zp)
+
+    @classmethod
+    def from_float(cls, linear: nn.Linear, weight_quantize_type: str = "channel_wise_abs_max",
+                   activation: ActivationSpec = "dynamic", per_row: bool = True, symmetric: bool = False,
+                   fused_activation: Optional[str] = None) -> "Int8Linear":
+        if not isinstance(linear, nn.Linear):
+            raise TypeError(f"linear must be a torch.nn.Linear; got {type(linear).__name__}")
+        q, scale = quantize_weight(linear.weight, weight_quantize_type)
+        return cls(linear.in_features, linear.out_features, q, scale, linear.bias, activation, per_row, symmetric,
+                   fused_activation)
+
+    def _pack_source(self):
+        return self.weight_int8, 1
+
+    def forward(self, x: Tensor) -> Tensor:
+        self._check_input(x)
+        if x.dim() == 0 or x.shape[-1] != self.in_features:
+            raise ValueError(f"x must end with in_features={self.in_features}; got shape {tuple(x.shape)}")
+        self._ensure_packed()
+        act = I.ACTIVATIONS[self.fused_activation]
+        if self.dynamic:
+            return I.linear_int8_dynamic_op(x, self._packed, self._col_sums, self.weight_scale, self.bias,
+                                            self.out_features, self.per_row, self.symmetric, act)
+        xq = quantize(x, self.act_scale, self.act_zero_point, dtype=torch.int8)
+        return I.gemm_int8_op(xq, float(self.act_scale), int(self.act_zero_point), self._packed, self._col_sums,
+                              self.weight_scale, self.bias, self.out_features, I.OUT_DTYPES[torch.float32], act, 1.0,
+                              0)
+
+    def extra_repr(self) -> str:
+        mode = "dynamic" if self.dynamic else f"static(scale={float(self.act_scale):.4g}, zp={int(self.act_zero_point)})"
+        return f"in_features={self.in_features}, out_features={self.out_features}, activation={mode}"
+
+
+def _pair(v) -> Tuple[int, int]:
+    return (v, v) if isinstance(v, int) else (int(v[0]), int(v[1]))
+
+
+class Int8Conv2d(_Int8Base):
+    """2-D convolution with int8 weights and activations on the native NHWC kernels (any stride, padding,
+    dilation and groups; a dedicated depthwise kernel; 1x1 as a plain GEMM). Takes and returns NCHW float32
+    tensors; the output uses channels_last memory, so chained int8 convolutions need no layout copies."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size, stride, padding, dilation, groups: int,
+                 weight_int8: Tensor, weight_scale: Tensor, bias: Optional[Tensor] = None,
+                 activation: ActivationSpec = "dynamic", fused_activation: Optional[str] = None):
+        super().__init__()
+        self.in_channels, self.out_channels, self.groups = in_channels, out_channels, groups
+        self.kernel_size, self.stride = _pair(kernel_size), _pair(stride)
+        self.padding, self.dilation = _pair(padding), _pair(dilation)
+        if fused_activation not in I.ACTIVATIONS:
+            raise ValueError(f"fused_activation must be None, 'relu' or 'relu6'; got {fused_activation!r}")
+        self.fused_activation = fused_activation
+        want = (out_channels, in_channels // groups, *self.kernel_size)
+        if tuple(weight_int8.shape) != want or weight_int8.dtype != torch.int8:
+            raise ValueError(f"weight_int8 must be int8 of shape {want}; got {weight_int8.dtype} "
+                             f"{tuple(weight_int8.shape)}")
+        self.depthwise = groups == in_channels == out_channels and groups > 1
+        dynamic, scale, zp = _activation_spec(activation)
+        self._init_common(weight_int8, weight_scale, bias, dynamic, scale, zp)
+
+    @classmethod
+    def from_float(cls, conv: nn.Conv2d, weight_quantize_type: str = "channel_wise_abs_max",
+                   activation: ActivationSpec = "dynamic", fused_activation: Optional[str] = None) -> "Int8Conv2d":
+        if not isinstance(conv, nn.Conv2d):
+            raise TypeError(f"conv must be a torch.nn.Conv2d; got {type(conv).__name__}")
+        if conv.padding_mode != "zeros":
+            raise ValueError(f"only padding_mode='zeros' is supported; got {conv.padding_mode!r}")
+        padding = conv.padding
+        if isinstance(padding, str):
+            if padding != "valid":
+                raise ValueError("padding='same' is not supported; give the padding explicitly")
+            padding = (0, 0)
+        q, scale = quantize_weight(conv.weight, weight_quantize_type)
+        return cls(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, padding, conv.dilation,
+                   conv.groups, q, scale, conv.bias, activation, fused_activation)
+
+    def _pack_source(self):
+        # (Cout, Cin/g, KH, KW) -> (Cout, KH*KW*Cin/g): the im2col row order is (kh, kw, c).
+        w = self.weight_int8.permute(0, 2, 3, 1).reshape(self.out_channels, -1).contiguous()
+        return w, self.groups
+
+    def _ensure_packed(self) -> None:
+        if self.depthwise:
+            if self._col_sums is None and not torch.compiler.is_compiling():
+                self._dw_weight = self.weight_int8[:, 0].permute(1, 2, 0).contiguous()  # (KH, KW, C)
+                self._col_sums = self.weight_int8.sum(dim=(1, 2, 3), dtype=torch.int32).contiguous()
+            return
+        super()._ensure_packed()
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        self._col_sums = None
+
+    def forward(self, x: Tensor) -> Tensor:
+        self._check_input(x)
+        if x.dim() != 4 or x.shape[1] != self.in_channels:
+            raise ValueError(f"x must be (N, {self.in_channels}, H, W); got shape {tuple(x.shape)}")
+        self._ensure_packed()
+        nhwc = x.permute(0, 2, 3, 1)  # a view; contiguous when x is channels_last
+        if self.dynamic:
+            lo, hi = torch.aminmax(nhwc)
+            lo, hi = min(float(lo), 0.0), max(float(hi), 0.0)
+            scale = (hi - lo) / 255.0 if hi > lo else 1.0
+            zp = int(min(max(-128 - round(lo / scale), -128), 127))
+        else:
+            scale, zp = float(self.act_scale), int(self.act_zero_point)
+        xq = quantize(nhwc.contiguous(), scale, zp, dtype=torch.int8)
+        act = I.ACTIVATIONS[self.fused_activation]
+        out = I.conv2d_int8_op(xq, scale, zp, None if self.depthwise else self._packed,
+                               self._dw_weight if self.depthwise else None, self._col_sums, self.weight_scale,
+                               self.bias, self.out_channels, self.kernel_size[0], self.kernel_size[1],
+                               list(self.stride), list(self.padding), list(self.dilation), self.groups, act)
+        return out.permute(0, 3, 1, 2)
+
+    def extra_repr(self) -> str:
+        return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
+                f"padding={self.padding}, dilation={self.dilation}, groups={self.groups}"
+                + (", depthwise" if self.depthwise else ""))
