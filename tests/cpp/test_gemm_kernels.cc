@@ -1,0 +1,345 @@
+// Native parity tests for the int8 GEMM and depthwise-convolution kernels: every usable path's table
+// (packed with its own gemm_pack) against the reference table. The contract is exact int32 results
+// (kernels.h), so every comparison is equality, with no tolerance. ISA-agnostic: on x86 this runs the
+// AVX2 / AVX-512 / VNNI tables, on aarch64 (under qemu) the NEON ones, everywhere the reference itself.
+//
+// Cells outside the requested C block (ldc > N padding, columns outside [n_begin, n_end), rows outside
+// [row_begin, row_end)) are filled with a sentinel and must keep it.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+#include <memory>
+#include <random>
+#include <sstream>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "pyslim/isa.h"
+#include "pyslim/kernels.h"
+
+namespace pyslim {
+namespace {
+
+constexpr int32_t kSentinel = 0x5a5a5a5a;
+
+const KernelTable& ref() { return *kernel_table(Isa::kReference); }
+
+// A 64-byte aligned buffer (the packing contract).
+struct Aligned {
+  void* p = nullptr;
+  explicit Aligned(int64_t bytes) {
+    const size_t n = static_cast<size_t>((bytes + 63) / 64 * 64);
+    p = std::aligned_alloc(64, n == 0 ? 64 : n);
+    std::memset(p, 0xcd, n == 0 ? 64 : n);  // packing must not depend on the buffer's prior contents
+  }
+  ~Aligned() { std::free(p); }
+  Aligned(const Aligned&) = delete;
+  Aligned& operator=(const Aligned&) = delete;
+};
+
+std::string gemm_trace(Isa isa, int64_t M, int64_t N, int64_t K, bool a_signed, int64_t n_step, const char* what) {
+  std::ostringstream os;
+  os << "isa=" << isa_name(isa) << " M x N x K = " << M << " x " << N << " x " << K
+     << " a_signed=" << a_signed << " n_step=" << n_step << " " << what;
+  return os.str();
+}
+
+enum class Fill { kRandom, kMax, kMin, kAlternate };
+
+// A: M rows of lda bytes (uint8 or int8 values stored as bytes); W: N x K int8.
+struct GemmCase {
+  int64_t M, N, K, lda, ldc;
+  bool a_signed;
+  std::vector<uint8_t> A;
+  std::vector<int8_t> W;
+  GemmCase(int64_t m, int64_t n, int64_t k, bool s, uint32_t seed, Fill fa = Fill::kRandom, Fill fw = Fill::kRandom,
+           int64_t lda_extra = 5, int64_t ldc_extra = 3)
+      : M(m), N(n), K(k), lda(k + lda_extra), ldc(n + ldc_extra), a_signed(s), A(m * lda), W(n * k) {
+    std::mt19937 rng(seed);
+    std::uniform_int_distribution<int> byte(0, 255);
+    const uint8_t a_hi = s ? 0x7f : 0xff, a_lo = s ? 0x80 : 0x00;  // 127 / -128 for int8, 255 / 0 for uint8
+    for (int64_t i = 0; i < m * lda; ++i) {
+      switch (fa) {
+        case Fill::kRandom: A[i] = static_cast<uint8_t>(byte(rng)); break;
+        case Fill::kMax: A[i] = s ? a_lo : a_hi; break;  // the largest magnitude: -128 or 255
+        case Fill::kMin: A[i] = s ? a_hi : a_lo; break;
+        case Fill::kAlternate: A[i] = (i % 3) ? (s ? a_lo : a_hi) : (s ? a_hi : a_lo); break;
+      }
+    }
+    for (int64_t i = 0; i < n * k; ++i) {
+      switch (fw) {
+        case Fill::kRandom: W[i] = static_cast<int8_t>(byte(rng) - 128); break;
+        case Fill::kMax: W[i] = 127; break;
+        case Fill::kMin: W[i] = -128; break;
+        case Fill::kAlternate: W[i] = (i % 2) ? -128 : 127; break;
+      }
+    }
+  }
+};
+
+// C (M x ldc, sentinel-filled) from table t, columns [n_begin, n_end).
+std::vector<int32_t> run_gemm(const KernelTable& t, const GemmCase& g, int64_t n_begin, int64_t n_end) {
+  Aligned packed(t.gemm_packed_size(g.N, g.K));
+  t.gemm_pack(g.W.data(), g.N, g.K, packed.p);
+  std::vector<int32_t> C(g.M * g.ldc, kSentinel);
+  t.gemm_s32(g.A.data(), g.a_signed, g.lda, packed.p, g.M, g.N, g.K, n_begin, n_end, C.data(), g.ldc);
+  return C;
+}
+
+// Expected C for columns [n_begin, n_end): the reference's values there, the sentinel elsewhere.
+std::vector<int32_t> expected_gemm(const GemmCase& g, int64_t n_begin, int64_t n_end) {
+  std::vector<int32_t> full = run_gemm(ref(), g, 0, g.N);
+  std::vector<int32_t> out(full.size(), kSentinel);
+  for (int64_t m = 0; m < g.M; ++m)
+    for (int64_t n = n_begin; n < n_end; ++n) out[m * g.ldc + n] = full[m * g.ldc + n];
+  return out;
+}
+
+// Compares with the first mismatch reported (an element-wise EXPECT would flood the log).
+void expect_same(const std::vector<int32_t>& got, const std::vector<int32_t>& want, int64_t ld) {
+  ASSERT_EQ(got.size(), want.size());
+  for (size_t i = 0; i < got.size(); ++i) {
+    if (got[i] != want[i]) {
+      ADD_FAILURE() << "first mismatch at row " << static_cast<int64_t>(i) / ld << " col "
+                    << static_cast<int64_t>(i) % ld << ": got " << got[i] << " want " << want[i]
+                    << (want[i] == kSentinel ? " (cell outside the requested block)" : "");
+      return;
+    }
+  }
+}
+
+void check_gemm(Isa isa, const GemmCase& g, const char* what) {
+  const KernelTable& t = *kernel_table(isa);
+  SCOPED_TRACE(gemm_trace(isa, g.M, g.N, g.K, g.a_signed, t.gemm_n_step, what));
+  expect_same(run_gemm(t, g, 0, g.N), expected_gemm(g, 0, g.N), g.ldc);
+}
+
+TEST(GemmKernels, TablesAreComplete) {
+  for (Isa isa : usable_isas()) {
+    const KernelTable* t = kernel_table(isa);
+    ASSERT_NE(t, nullptr) << isa_name(isa);
+    EXPECT_GE(t->gemm_n_step, 1) << isa_name(isa);
+    EXPECT_NE(t->gemm_packed_size, nullptr) << isa_name(isa);
+    EXPECT_NE(t->gemm_pack, nullptr) << isa_name(isa);
+    EXPECT_NE(t->gemm_s32, nullptr) << isa_name(isa);
+    EXPECT_NE(t->depthwise_conv_s32, nullptr) << isa_name(isa);
+    EXPECT_GE(t->gemm_packed_size(3, 5), 15) << isa_name(isa);
+  }
+}
+
+TEST(GemmKernels, SmallShapeGridMatchesReference) {
+  const int64_t sizes[] = {1, 2, 3, 15, 17, 63, 65};
+  uint32_t seed = 1;
+  for (Isa isa : usable_isas()) {
+    for (int64_t M : sizes)
+      for (int64_t N : sizes)
+        for (int64_t K : sizes)
+          for (bool s : {false, true}) check_gemm(isa, GemmCase(M, N, K, s, seed++), "grid");
+  }
+}
+
+TEST(GemmKernels, LargeShapesMatchReference) {
+  // K and N of 4097 (one past a power of two: every tile and block edge), M past the row blocks, K past the
+  // K blocks; kept small in the other dimensions so the scalar reference stays fast.
+  const int64_t shapes[][3] = {{1, 17, 4097},  {3, 65, 4097}, {17, 4097, 3},  {2, 4097, 65},  {65, 63, 1025},
+                               {200, 70, 520}, {257, 33, 513}, {130, 129, 257}, {7, 300, 4097}, {1, 4097, 64}};
+  uint32_t seed = 1000;
+  for (Isa isa : usable_isas())
+    for (const auto& s : shapes)
+      for (bool sg : {false, true}) check_gemm(isa, GemmCase(s[0], s[1], s[2], sg, seed++), "large");
+}
+
+TEST(GemmKernels, ExtremeValuesAreExact) {
+  // The saturation hazard: u8 x s8 pairs of 255 * -128 (or int8 -128 * -128) overflow int16 intermediates.
+  const Fill fills[] = {Fill::kMax, Fill::kMin, Fill::kAlternate};
+  const int64_t shapes[][3] = {{3, 17, 4097}, {7, 65, 63}, {1, 2, 2}, {13, 33, 1000}};
+  for (Isa isa : usable_isas())
+    for (const auto& s : shapes)
+      for (bool sg : {false, true})
+        for (Fill fa : fills)
+          for (Fill fw : fills) {
+            GemmCase g(s[0], s[1], s[2], sg, 7, fa, fw);
+            check_gemm(isa, g, "extreme");
+          }
+}
+
+TEST(GemmKernels, TightAndLooseStrides) {
+  for (Isa isa : usable_isas())
+    for (bool sg : {false, true}) {
+      check_gemm(isa, GemmCase(9, 40, 33, sg, 11, Fill::kRandom, Fill::kRandom, 0, 0), "lda == K, ldc == N");
+      check_gemm(isa, GemmCase(9, 40, 33, sg, 12, Fill::kRandom, Fill::kRandom, 1000, 77), "lda >> K, ldc >> N");
+    }
+}
+
+TEST(GemmKernels, ColumnSubRangesOnStepBoundaries) {
+  for (Isa isa : usable_isas()) {
+    const KernelTable& t = *kernel_table(isa);
+    const int64_t step = t.gemm_n_step;
+    for (int64_t N : {step * 3 + 5, step * 2, int64_t{1}, step + 1}) {
+      for (bool sg : {false, true}) {
+        GemmCase g(11, N, 70, sg, static_cast<uint32_t>(N));
+        // Every [i * step, min(j * step, N)) with i < j, which includes the ragged end at N.
+        for (int64_t b = 0; b < N; b += step) {
+          for (int64_t e = b + step;; e += step) {
+            const int64_t end = e < N ? e : N;
+            std::ostringstream os;
+            os << "n_range=[" << b << ", " << end << ")";
+            SCOPED_TRACE(gemm_trace(isa, g.M, g.N, g.K, sg, step, os.str().c_str()));
+            expect_same(run_gemm(t, g, b, end), expected_gemm(g, b, end), g.ldc);
+            if (end == N) break;
+          }
+        }
+      }
+    }
+  }
+}
+
+TEST(GemmKernels, ConcurrentDisjointBlocks) {
+  // Two threads share one packed W and one C, each writing its own block (the driver's split: rows, and
+  // columns on n_step boundaries).
+  for (Isa isa : usable_isas()) {
+    const KernelTable& t = *kernel_table(isa);
+    const int64_t step = t.gemm_n_step;
+    for (bool sg : {false, true}) {
+      GemmCase g(300, step * 4 + 3, 300, sg, 99);
+      SCOPED_TRACE(gemm_trace(isa, g.M, g.N, g.K, sg, step, "2 threads"));
+      Aligned packed(t.gemm_packed_size(g.N, g.K));
+      t.gemm_pack(g.W.data(), g.N, g.K, packed.p);
+      std::vector<int32_t> C(g.M * g.ldc, kSentinel);
+      const int64_t msplit = 137, nsplit = step * 2;
+      auto block = [&](int64_t m0, int64_t m1, int64_t n0, int64_t n1) {
+        const auto* a = g.A.data() + m0 * g.lda;
+        t.gemm_s32(a, sg, g.lda, packed.p, m1 - m0, g.N, g.K, n0, n1, C.data() + m0 * g.ldc, g.ldc);
+      };
+      for (int pass = 0; pass < 2; ++pass) {  // split by rows, then by columns
+        std::fill(C.begin(), C.end(), kSentinel);
+        std::thread t1 = pass == 0 ? std::thread(block, 0, msplit, 0, g.N) : std::thread(block, 0, g.M, 0, nsplit);
+        std::thread t2 = pass == 0 ? std::thread(block, msplit, g.M, 0, g.N) : std::thread(block, 0, g.M, nsplit, g.N);
+        t1.join();
+        t2.join();
+        expect_same(C, expected_gemm(g, 0, g.N), g.ldc);
+      }
+    }
+  }
+}
+
+// ---- depthwise ----
+
+struct DwCase {
+  DepthwiseShape s;
+  bool x_signed;
+  int32_t pad_value;
+  std::vector<uint8_t> x;
+  std::vector<int8_t> w;
+  std::string describe() const {
+    std::ostringstream os;
+    os << "N=" << s.batch << " H=" << s.height << " W=" << s.width << " C=" << s.channels << " k=" << s.kernel_h
+       << "x" << s.kernel_w << " stride=" << s.stride_h << "," << s.stride_w << " pad=" << s.pad_h << ","
+       << s.pad_w << " dil=" << s.dilation_h << "," << s.dilation_w << " out=" << s.out_h << "x" << s.out_w
+       << " x_signed=" << x_signed << " pad_value=" << pad_value;
+    return os.str();
+  }
+};
+
+std::vector<int32_t> run_dw(const KernelTable& t, const DwCase& d, int64_t row_begin, int64_t row_end) {
+  const DepthwiseShape& s = d.s;
+  std::vector<int32_t> out(s.batch * s.out_h * s.out_w * s.channels, kSentinel);
+  t.depthwise_conv_s32(d.x.data(), d.x_signed, d.pad_value, d.w.data(), out.data(), s, row_begin, row_end);
+  return out;
+}
+
+TEST(DepthwiseKernels, RandomShapesMatchReference) {
+  std::mt19937 rng(2024);
+  const int64_t kernels[][2] = {{1, 1}, {3, 3}, {5, 5}, {3, 1}};
+  const int64_t channels[] = {1, 3, 8, 17, 144};
+  auto pick = [&](int lo, int hi) { return static_cast<int64_t>(std::uniform_int_distribution<int>(lo, hi)(rng)); };
+  std::uniform_int_distribution<int> byte(0, 255);
+  int cases = 0;
+  for (const auto& k : kernels) {
+    for (int64_t C : channels) {
+      for (bool sg : {false, true}) {
+        for (int rep = 0; rep < 3; ++rep) {
+          DwCase d;
+          DepthwiseShape& s = d.s;
+          s.kernel_h = k[0];
+          s.kernel_w = k[1];
+          s.channels = C;
+          s.batch = pick(1, 2);
+          s.stride_h = pick(1, 3);
+          s.stride_w = pick(1, 3);
+          s.pad_h = pick(0, 2);
+          s.pad_w = pick(0, 2);
+          s.dilation_h = pick(1, 2);
+          s.dilation_w = pick(1, 2);
+          // Input at least as large as the dilated kernel minus the padding, so there is >= 1 output.
+          const int64_t ekh = s.dilation_h * (s.kernel_h - 1) + 1, ekw = s.dilation_w * (s.kernel_w - 1) + 1;
+          s.height = ekh - 2 * s.pad_h + pick(0, 6);
+          s.width = ekw - 2 * s.pad_w + pick(0, 6);
+          if (s.height < 1) s.height = 1;
+          if (s.width < 1) s.width = 1;
+          s.out_h = (s.height + 2 * s.pad_h - ekh) / s.stride_h + 1;
+          s.out_w = (s.width + 2 * s.pad_w - ekw) / s.stride_w + 1;
+          if (s.out_h < 1 || s.out_w < 1) continue;
+          d.x_signed = sg;
+          d.pad_value = sg ? static_cast<int32_t>(pick(-128, 127)) : static_cast<int32_t>(pick(1, 255));
+          if (d.pad_value == 0) d.pad_value = 3;
+          d.x.resize(s.batch * s.height * s.width * C);
+          d.w.resize(s.kernel_h * s.kernel_w * C);
+          const bool extreme = rep == 2;  // all-largest magnitudes: -128 / 255 activations, -128 weights
+          for (auto& v : d.x) v = extreme ? (sg ? 0x80 : 0xff) : static_cast<uint8_t>(byte(rng));
+          for (auto& v : d.w) v = extreme ? -128 : static_cast<int8_t>(byte(rng) - 128);
+          ++cases;
+          const int64_t rows = s.batch * s.out_h;
+          const std::vector<int32_t> want = run_dw(ref(), d, 0, rows);
+          for (Isa isa : usable_isas()) {
+            const KernelTable& t = *kernel_table(isa);
+            SCOPED_TRACE("isa=" + std::string(isa_name(isa)) + " " + d.describe());
+            expect_same(run_dw(t, d, 0, rows), want, C);
+            // A row sub-range writes exactly its rows; two adjacent sub-ranges compose the whole.
+            const int64_t mid = rows / 2, lo = rows / 3;
+            std::vector<int32_t> part = run_dw(t, d, lo, mid + 1);
+            std::vector<int32_t> part_want(want.size(), kSentinel);
+            const int64_t row_elems = s.out_w * C;
+            for (int64_t i = lo * row_elems; i < (mid + 1) * row_elems; ++i) part_want[i] = want[i];
+            {
+              SCOPED_TRACE("rows [" + std::to_string(lo) + ", " + std::to_string(mid + 1) + ")");
+              expect_same(part, part_want, C);
+            }
+            std::vector<int32_t> both(want.size(), kSentinel);
+            t.depthwise_conv_s32(d.x.data(), sg, d.pad_value, d.w.data(), both.data(), s, 0, mid);
+            t.depthwise_conv_s32(d.x.data(), sg, d.pad_value, d.w.data(), both.data(), s, mid, rows);
+            expect_same(both, want, C);
+          }
+        }
+      }
+    }
+  }
+  EXPECT_GT(cases, 100);
+}
+
+TEST(DepthwiseKernels, AllPaddingAndAllInside) {
+  // A 3x3 kernel on a 1x1 image with pad 1: 8 of 9 taps read pad_value; and a 1x1 kernel with no padding.
+  for (Isa isa : usable_isas()) {
+    const KernelTable& t = *kernel_table(isa);
+    for (int64_t C : {int64_t{1}, int64_t{17}, int64_t{80}}) {
+      for (bool sg : {false, true}) {
+        DwCase d;
+        d.s = DepthwiseShape{1, 1, 1, C, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1};
+        d.x_signed = sg;
+        d.pad_value = sg ? -128 : 255;
+        d.x.assign(C, sg ? 0x7f : 0x00);
+        d.w.assign(9 * C, -128);
+        for (int64_t c = 0; c < C; ++c) d.w[4 * C + c] = static_cast<int8_t>(c % 256 - 128);
+        SCOPED_TRACE("isa=" + std::string(isa_name(isa)) + " " + d.describe());
+        expect_same(run_dw(t, d, 0, 1), run_dw(ref(), d, 0, 1), C);
+      }
+    }
+  }
+}
+
+}  // namespace
+}  // namespace pyslim

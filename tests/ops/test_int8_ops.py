@@ -1,0 +1,178 @@
+"""Native int8 GEMM / convolution ops on every CPU path against exact integer references."""
+
+import hypothesis.strategies as st
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+
+import pyslim
+import pyslim.ops as ops
+from pyslim.ops import _int8 as I
+from pyslim.ops import reference as R
+
+DIMS = [1, 2, 3, 15, 17, 63, 65]
+HYP = settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+
+
+def int8(*shape, lo=-128, hi=128):
+    return torch.randint(lo, hi, shape, dtype=torch.int8)
+
+
+def epilogue_tolerance(y: torch.Tensor, bias=None) -> torch.Tensor:
+    """float(acc) rounding, the scale product and the multiply: 3 roundings of |y|; +1 of |y| + |bias|."""
+    eps = 2.0 ** -23
+    tol = 4 * eps * y.abs()
+    if bias is not None:
+        tol = tol + eps * bias.abs()
+    return tol + 1e-30
+
+
+@pytest.mark.parametrize("m", DIMS)
+@pytest.mark.parametrize("n,k", [(1, 1), (17, 3), (64, 63), (65, 65), (15, 4097), (4097, 17)])
+def test_gemm_int32_exact(isa, m, n, k):
+    w = int8(n, k)
+    packed, col_sums = ops.pack_int8_weight(w)
+    assert torch.equal(col_sums, w.to(torch.int32).sum(dim=1))
+    for a in (int8(m, k), torch.randint(0, 256, (m, k), dtype=torch.uint8)):
+        got = ops.gemm_int8(a, packed, n)
+        assert torch.equal(got, R.gemm_int32(a, w)), (isa, m, n, k, a.dtype)
+
+
+def test_gemm_saturation_hazard_extremes(isa):
+    """u8 255 x s8 -128 pairs overflow int16 (the vpmaddubsw hazard): results must stay exact."""
+    for k in (2, 64, 1031):
+        w = torch.full((33, k), -128, dtype=torch.int8)
+        w[1::2] = 127
+        packed, _ = ops.pack_int8_weight(w)
+        a = torch.full((5, k), 255, dtype=torch.uint8)
+        assert torch.equal(ops.gemm_int8(a, packed, 33), R.gemm_int32(a, w))
+        a8 = torch.full((5, k), -128, dtype=torch.int8)
+        assert torch.equal(ops.gemm_int8(a8, packed, 33), R.gemm_int32(a8, w))
+
+
+@HYP
+@given(m=st.sampled_from(DIMS + [128]), n=st.integers(1, 80), k=st.integers(1, 300), signed=st.booleans())
+def test_gemm_hypothesis(isa, m, n, k, signed):
+    w = int8(n, k)
+    packed, _ = ops.pack_int8_weight(w)
+    a = int8(m, k) if signed else torch.randint(0, 256, (m, k), dtype=torch.uint8)
+    assert torch.equal(ops.gemm_int8(a, packed, n), R.gemm_int32(a, w))
+
+
+@pytest.mark.parametrize("activation", [None, "relu", "relu6"])
+def test_gemm_float_and_requantized_epilogues(isa, threads, activation):
+    m, n, k = 37, 70, 129
+    w = int8(n, k)
+    packed, col_sums = ops.pack_int8_weight(w)
+    a = torch.randint(0, 256, (m, k), dtype=torch.uint8)
+    a_scale, a_zp = 0.02, 131
+    wscale = torch.rand(n) * 0.01 + 1e-3
+    bias = torch.randn(n)
+    y = ops.gemm_int8(a, packed, n, torch.float32, a_scale, a_zp, col_sums, wscale, bias, activation)
+    ref = R.gemm_epilogue(R.gemm_int32(a, w), a_scale, a_zp, wscale, col_sums, bias, activation)
+    assert bool(((y - ref).abs() <= epilogue_tolerance(ref, bias)).all())
+    for out_dtype, out_zp in ((torch.int8, -3), (torch.uint8, 128)):
+        q = ops.gemm_int8(a, packed, n, out_dtype, a_scale, a_zp, col_sums, wscale, bias, activation, 0.05, out_zp)
+        lo, hi = (-128, 127) if out_dtype == torch.int8 else (0, 255)
+        qref = torch.clamp(torch.round(ref / 0.05) + out_zp, lo, hi)
+        assert int((q.to(torch.int32) - qref.to(torch.int32)).abs().max()) <= 1
+
+
+@pytest.mark.parametrize("per_row", [True, False])
+@pytest.mark.parametrize("symmetric", [True, False])
+def test_linear_dynamic_matches_reference(isa, threads, per_row, symmetric):
+    x = torch.randn(3, 11, 96) * 2 + 0.5
+    w = int8(40, 96, lo=-127)
+    wscale = torch.rand(40) * 0.02 + 1e-3
+    bias = torch.randn(40)
+    packed, col_sums = ops.pack_int8_weight(w)
+    y = ops.linear_int8_dynamic(x, packed, col_sums, wscale, 40, bias, per_row, symmetric)
+    ref = R.linear_int8_dynamic(x, w, wscale, bias, per_row, symmetric)
+    assert y.shape == (3, 11, 40)
+    assert bool(((y - ref).abs() <= epilogue_tolerance(ref, bias)).all())
+
+
+CONVS = [
+    # (in_c, out_c, kernel, stride, padding, dilation, groups, H, W)
+    (16, 32, (3, 3), (1, 1), (1, 1), (1, 1), 1, 9, 7),
+    (8, 8, (3, 3), (2, 2), (1, 1), (1, 1), 8, 11, 10),        # depthwise, stride 2
+    (17, 17, (5, 5), (1, 1), (2, 2), (2, 2), 17, 12, 12),     # depthwise, dilated
+    (144, 144, (3, 3), (1, 1), (1, 1), (1, 1), 144, 6, 6),    # MobileNet-like depthwise
+    (12, 24, (3, 1), (1, 2), (1, 0), (1, 1), 4, 8, 9),        # grouped, asymmetric kernel/stride
+    (64, 256, (1, 1), (1, 1), (0, 0), (1, 1), 1, 7, 7),       # 1x1 as a GEMM
+    (3, 5, (1, 1), (2, 2), (0, 0), (1, 1), 1, 9, 9),          # 1x1 strided (im2col path)
+    (3, 7, (7, 7), (2, 2), (3, 3), (1, 1), 1, 15, 15),        # stem-like
+]
+
+
+@pytest.mark.parametrize("cfg", CONVS, ids=str)
+def test_conv_matches_exact_reference(isa, threads, cfg):
+    cin, cout, kernel, stride, padding, dilation, groups, h, w_ = cfg
+    x = torch.randint(-128, 128, (2, h, w_, cin), dtype=torch.int8)
+    w = int8(cout, cin // groups, *kernel, lo=-127)
+    wscale = torch.rand(cout) * 0.02 + 1e-3
+    bias = torch.randn(cout)
+    x_scale, x_zp = 0.03, -7
+    depthwise = groups == cin == cout and groups > 1
+    if depthwise:
+        packed, dw = None, w[:, 0].permute(1, 2, 0).contiguous()
+        col_sums = w.sum(dim=(1, 2, 3), dtype=torch.int32)
+    else:
+        packed, col_sums = ops.pack_int8_weight(w.permute(0, 2, 3, 1).reshape(cout, -1).contiguous(), groups)
+        dw = None
+    y = I.conv2d_int8_op(x, x_scale, x_zp, packed, dw, col_sums, wscale, bias, cout, kernel[0], kernel[1],
+                         list(stride), list(padding), list(dilation), groups, 0)
+    ref = R.conv2d_int8(x, x_scale, x_zp, w, wscale, bias, stride, padding, dilation, groups)
+    assert y.shape == ref.shape
+    assert bool(((y - ref).abs() <= epilogue_tolerance(ref, bias) + 1e-6).all())
+
+
+def test_packed_weights_refuse_another_path():
+    usable = pyslim.native_info()["usable_isas"]
+    if len(usable) < 2:
+        pytest.skip("needs two CPU paths")
+    before = pyslim.active_isa()
+    w = int8(8, 16)
+    try:
+        pyslim.force_isa(usable[-1])
+        packed, _ = ops.pack_int8_weight(w)
+        pyslim.force_isa("reference")
+        with pytest.raises(ValueError, match=f"packed for the '{usable[-1]}' path but the active path is"):
+            ops.gemm_int8(int8(2, 16), packed, 8)
+    finally:
+        pyslim.force_isa(before)
+
+
+def test_int8_op_errors():
+    w = int8(8, 16)
+    packed, col_sums = ops.pack_int8_weight(w)
+    with pytest.raises(ValueError, match=r"a must be 2-D \(M, 16\)"):
+        ops.gemm_int8(int8(2, 15), packed, 8)
+    with pytest.raises(TypeError, match=r"a must be int8 or uint8"):
+        ops.gemm_int8(torch.randn(2, 16), packed, 8)
+    with pytest.raises(ValueError, match=r"col_sums and weight_scale are required"):
+        ops.gemm_int8(int8(2, 16), packed, 8, torch.float32)
+    with pytest.raises(TypeError, match=r"packed must be a 1-D uint8 tensor"):
+        ops.gemm_int8(int8(2, 16), packed.to(torch.int8), 8)
+    with pytest.raises(ValueError, match=r"packed does not hold pyslim packed weights"):
+        ops.gemm_int8(int8(2, 16), torch.zeros_like(packed), 8)
+    with pytest.raises(TypeError, match=r"weight must be a 2-D int8 tensor"):
+        ops.pack_int8_weight(torch.randn(8, 16))
+    with pytest.raises(ValueError, match=r"n divisible by groups"):
+        ops.pack_int8_weight(w, groups=3)
+    with pytest.raises(ValueError, match=r"weight_scale must have 8 element"):
+        ops.linear_int8_dynamic(torch.randn(2, 16), packed, col_sums, torch.ones(7), 8)
+
+
+def test_int8_ops_opcheck():
+    w = int8(8, 16)
+    packed, col_sums = ops.pack_int8_weight(w)
+    torch.library.opcheck(I.pack_int8_weight_op, (w, 1))
+    torch.library.opcheck(I.linear_int8_dynamic_op, (torch.randn(3, 16), packed, col_sums, torch.rand(8) + 0.1,
+                                                     torch.randn(8), 8, True, False, 1))
+    torch.library.opcheck(I.gemm_int8_op, (int8(3, 16), 0.1, 2, packed, col_sums, torch.rand(8) + 0.1, None, 8, 1, 0,
+                                           1.0, 0))
+    x = int8(1, 5, 5, 4)
+    cpacked, ccols = ops.pack_int8_weight(int8(6, 36), 1)
+    torch.library.opcheck(I.conv2d_int8_op, (x, 0.1, 0, cpacked, None, ccols, torch.rand(6) + 0.1, None, 6, 3, 3,
+                                             [1, 1], [1, 1], [1, 1], 1, 0))
