@@ -16,10 +16,14 @@ import time
 from typing import Callable, Dict, List, Optional
 
 import torch
+import logging
+
 import torch.nn.functional as F
 
 import pyslim
 import pyslim.ops as ops
+
+logger = logging.getLogger("pyslim.bench")
 
 SHAPES = {
     "act-64x256x56x56": ((64, 256, 56, 56), None),
@@ -131,6 +135,155 @@ def run_benchmarks(threads_list: List[int], repeats: int, shapes: Dict[str, tupl
     return rows
 
 
+GEMM_SHAPES = [(1, 4096, 4096), (16, 4096, 4096), (128, 4096, 4096), (512, 1024, 1024), (3136, 64, 576)]
+CONV_CASES = {
+    "conv3x3 64->64 (1,64,56,56)": dict(batch=1, cin=64, cout=64, k=3, groups=1, hw=56),
+    "conv3x3 64->64 (8,64,56,56)": dict(batch=8, cin=64, cout=64, k=3, groups=1, hw=56),
+    "dw3x3 144 (1,144,56,56)": dict(batch=1, cin=144, cout=144, k=3, groups=144, hw=56),
+    "conv1x1 64->256 (1,64,56,56)": dict(batch=1, cin=64, cout=256, k=1, groups=1, hw=56),
+}
+TORCH_AO_ENGINES = ("fbgemm", "x86", "onednn")
+
+
+def _torch_ao_dynamic_linear(linear, engine):
+    import torch.ao.nn.quantized.dynamic as nnqd
+
+    torch.backends.quantized.engine = engine
+    return nnqd.Linear.from_float(_with_qconfig(linear, engine))
+
+
+def _with_qconfig(module, engine):
+    import copy
+
+    m = copy.deepcopy(module)
+    m.qconfig = torch.ao.quantization.default_dynamic_qconfig
+    return m
+
+
+def _torch_ao_conv(conv, engine, x_scale, x_zp):
+    import torch.ao.nn.quantized as nnq
+
+    torch.backends.quantized.engine = engine
+    w = conv.weight.detach()
+    w_scale = (w.abs().amax(dim=(1, 2, 3)) / 127).clamp(min=1e-8)
+    qw = torch.quantize_per_channel(w, w_scale, torch.zeros_like(w_scale, dtype=torch.long), 0, torch.qint8)
+    q = nnq.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding, conv.dilation,
+                   conv.groups, conv.bias is not None)
+    q.set_weight_bias(qw, conv.bias.detach() if conv.bias is not None else None)
+    q.scale, q.zero_point = 0.05, 128
+
+    def run(x):
+        xq = torch.quantize_per_tensor(x, x_scale, x_zp, torch.quint8)
+        return q(xq).dequantize()
+
+    return run
+
+
+def run_int8_benchmarks(threads_list: List[int], repeats: int) -> List[dict]:
+    """int8 GEMM and convolution vs fp32 torch, torch.ao's quantized engines and torch._int_mm."""
+    import warnings
+
+    from pyslim.quant import nn as qnn
+
+    warnings.filterwarnings("ignore")
+    rows = []
+    saved_engine = torch.backends.quantized.engine
+    saved_threads = torch.get_num_threads()
+    try:
+        for threads in threads_list:
+            torch.set_num_threads(threads)
+            pyslim.set_num_threads(None)
+            for m, n, k in GEMM_SHAPES:
+                lin = torch.nn.Linear(k, n).eval()
+                x = torch.randn(m, k)
+                ops_count = 2 * m * n * k
+                ours = qnn.Int8Linear.from_float(lin)
+                t_ours = _median_time(lambda: ours(x), repeats)
+                base = {"fp32 F.linear": _median_time(lambda: torch.nn.functional.linear(x, lin.weight, lin.bias),
+                                                      repeats)}
+                for eng in TORCH_AO_ENGINES:
+                    try:
+                        q = _torch_ao_dynamic_linear(lin, eng)
+                        base[f"torch.ao dynamic Linear [{eng}]"] = _median_time(lambda: q(x), repeats)
+                    except Exception as exc:  # an engine missing from this torch build
+                        base[f"torch.ao dynamic Linear [{eng}]"] = float("nan")
+                        logger.info("torch.ao engine %s failed: %s", eng, exc)
+                # raw int8 x int8 -> int32 against torch._int_mm
+                a8 = torch.randint(-128, 128, (m, k), dtype=torch.int8)
+                w8 = ours.weight_int8
+                w8t = w8.t().contiguous()
+                ours._ensure_packed()
+                t_raw = _median_time(lambda: ops.gemm_int8(a8, ours._packed, n), repeats)
+                try:
+                    t_int_mm = _median_time(lambda: torch._int_mm(a8, w8t), repeats)
+                except RuntimeError:
+                    t_int_mm = float("nan")
+                for name, t in base.items():
+                    rows.append(_int8_row(threads, f"linear M={m} N={n} K={k}", "Int8Linear (dynamic)", name,
+                                          t_ours, t, ops_count))
+                rows.append(_int8_row(threads, f"linear M={m} N={n} K={k}", "gemm_int8 int32", "torch._int_mm",
+                                      t_raw, t_int_mm, ops_count))
+            for name, c in CONV_CASES.items():
+                conv = torch.nn.Conv2d(c["cin"], c["cout"], c["k"], padding=c["k"] // 2, groups=c["groups"]).eval()
+                x = torch.randn(c["batch"], c["cin"], c["hw"], c["hw"]).contiguous(memory_format=torch.channels_last)
+                conv_cl = conv.to(memory_format=torch.channels_last)
+                ops_count = 2 * c["batch"] * c["hw"] * c["hw"] * c["cout"] * (c["cin"] // c["groups"]) * c["k"] ** 2
+                x_scale, x_zp = float(x.abs().max()) / 127, 128
+                ours = qnn.Int8Conv2d.from_float(conv, activation=(x_scale, 0))
+                t_ours = _median_time(lambda: ours(x), repeats)
+                base = {"fp32 F.conv2d channels_last": _median_time(lambda: conv_cl(x), repeats)}
+                for eng in TORCH_AO_ENGINES:
+                    try:
+                        run = _torch_ao_conv(conv, eng, x_scale, x_zp)
+                        base[f"torch.ao quantized Conv2d [{eng}]"] = _median_time(lambda: run(x), repeats)
+                    except Exception as exc:
+                        base[f"torch.ao quantized Conv2d [{eng}]"] = float("nan")
+                        logger.info("torch.ao engine %s failed: %s", eng, exc)
+                for bname, t in base.items():
+                    rows.append(_int8_row(threads, name, "Int8Conv2d (static act.)", bname, t_ours, t, ops_count))
+    finally:
+        torch.set_num_threads(saved_threads)
+        torch.backends.quantized.engine = saved_engine
+    return rows
+
+
+def _int8_row(threads, shape, op, baseline, t_ours, t_base, ops_count) -> dict:
+    return {"threads": threads, "shape": shape, "op": op, "baseline": baseline, "pyslim_ms": t_ours * 1e3,
+            "baseline_ms": t_base * 1e3, "speedup": t_base / t_ours, "pyslim_GOPS": ops_count / t_ours / 1e9}
+
+
+def format_int8_table(rows: List[dict]) -> str:
+    head = (f"{'thr':>3}  {'shape':<30} {'op':<24} {'baseline':<36} {'pyslim ms':>10} {'base ms':>10} "
+            f"{'speedup':>8} {'GOPS':>7}")
+    lines = [head, "-" * len(head)]
+    for r in rows:
+        lines.append(f"{r['threads']:>3}  {r['shape']:<30} {r['op']:<24} {r['baseline']:<36} {r['pyslim_ms']:>10.3f} "
+                     f"{r['baseline_ms']:>10.3f} {r['speedup']:>7.2f}x {r['pyslim_GOPS']:>7.1f}")
+    return "\n".join(lines)
+
+
+def int8_summary(rows: List[dict]) -> str:
+    """Geometric mean over the GEMM shapes of the speedup against the best torch.ao engine, per thread count."""
+    import math
+
+    out = []
+    for threads in sorted({r["threads"] for r in rows}):
+        for kind, prefix in (("linear", "torch.ao dynamic Linear"), ("conv", "torch.ao quantized Conv2d")):
+            by_shape: Dict[str, List[dict]] = {}
+            for r in rows:
+                if r["threads"] == threads and r["baseline"].startswith(prefix):
+                    by_shape.setdefault(r["shape"], []).append(r)
+            ratios = []
+            for shape_rows in by_shape.values():
+                best = min(r["baseline_ms"] for r in shape_rows if r["baseline_ms"] == r["baseline_ms"])
+                ratios.append(best / shape_rows[0]["pyslim_ms"])
+            if ratios:
+                gm = math.exp(sum(math.log(v) for v in ratios) / len(ratios))
+                out.append(f"{threads} thread(s): {kind} vs best torch.ao engine, geometric mean {gm:.2f}x "
+                           f"(per shape: {', '.join(f'{v:.2f}x' for v in ratios)})")
+    return "\n".join(out)
+
+
 def format_table(rows: List[dict]) -> str:
     head = (f"{'thr':>3}  {'shape':<26} {'op':<48} {'baseline':<40} {'pyslim ms':>10} {'base ms':>10} "
             f"{'speedup':>8} {'GB/s':>7} {'%copy':>6}")
@@ -148,6 +301,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--threads", default="1,2", help="comma-separated thread counts (default 1,2)")
     parser.add_argument("--repeats", type=int, default=7, help="timed runs per measurement (median reported)")
     parser.add_argument("--shapes", default=",".join(SHAPES), help="comma-separated subset of: " + ", ".join(SHAPES))
+    parser.add_argument("--suite", choices=("all", "fakequant", "int8"), default="all",
+                        help="fake-quant kernels, int8 GEMM/conv, or both (default)")
     parser.add_argument("--json", metavar="PATH", help="also write the rows as JSON to PATH ('-' for stdout)")
     args = parser.parse_args(argv)
     threads = [int(t) for t in args.threads.split(",") if t]
@@ -156,13 +311,20 @@ def main(argv: Optional[List[str]] = None) -> int:
     if unknown:
         parser.error(f"unknown shape(s) {unknown}; choose from {list(SHAPES)}")
     info = pyslim.native_info()
-    rows = run_benchmarks(threads, args.repeats, {k: SHAPES[k] for k in wanted})
+    rows = run_benchmarks(threads, args.repeats, {k: SHAPES[k] for k in wanted}) if args.suite != "int8" else []
+    int8_rows = run_int8_benchmarks(threads, args.repeats) if args.suite != "fakequant" else []
+    result = {"native_info": info, "torch": torch.__version__, "rows": rows, "int8_rows": int8_rows}
     if args.json == "-":
-        print(json.dumps({"native_info": info, "torch": torch.__version__, "rows": rows}, indent=2))
+        print(json.dumps(result, indent=2))
         return 0
     print(f"pyslim {info['version']} | active ISA {info['active_isa']} | torch {torch.__version__}")
-    print(format_table(rows))
+    if rows:
+        print(format_table(rows))
+    if int8_rows:
+        print()
+        print(format_int8_table(int8_rows))
+        print(int8_summary(int8_rows))
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"native_info": info, "torch": torch.__version__, "rows": rows}, f, indent=2)
+            json.dump(result, f, indent=2)
     return 0

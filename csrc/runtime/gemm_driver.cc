@@ -8,6 +8,10 @@
 #include <memory>
 #include <vector>
 
+#if defined(__SSE2__)
+#include <emmintrin.h>
+#endif
+
 #include "pyslim/gemm.h"
 #include "pyslim/thread_pool.h"
 
@@ -17,6 +21,39 @@ namespace {
 constexpr int64_t kRowBlock = 128;     // rows of A per task
 constexpr int64_t kColBlock = 512;     // columns per task when there are enough row blocks
 constexpr int64_t kPixelBlock = 64;    // output pixels per im2col task
+
+// min and max of a row (for asymmetric dynamic quantization), NaN-sticky. Uses only the baseline vector ISA
+// (SSE2 is part of x86-64, Advanced SIMD of aarch64), so it is safe in this ISA-independent file.
+void row_min_max(const float* x, int64_t n, float* lo_out, float* hi_out) {
+  int64_t i = 0;
+  float lo = 0.0f, hi = 0.0f;
+  bool nan = false;
+#if defined(__SSE2__)
+  __m128 vlo = _mm_setzero_ps(), vhi = _mm_setzero_ps(), vnan = _mm_setzero_ps();
+  for (; i + 4 <= n; i += 4) {
+    const __m128 v = _mm_loadu_ps(x + i);
+    vlo = _mm_min_ps(vlo, v);
+    vhi = _mm_max_ps(vhi, v);
+    vnan = _mm_or_ps(vnan, _mm_cmpunord_ps(v, v));
+  }
+  alignas(16) float l[4], h[4];
+  _mm_store_ps(l, vlo);
+  _mm_store_ps(h, vhi);
+  nan = _mm_movemask_ps(vnan) != 0;
+  for (int j = 0; j < 4; ++j) {
+    lo = l[j] < lo ? l[j] : lo;
+    hi = h[j] > hi ? h[j] : hi;
+  }
+#endif
+  for (; i < n; ++i) {
+    const float v = x[i];
+    nan = nan || v != v;
+    lo = v < lo ? v : lo;
+    hi = v > hi ? v : hi;
+  }
+  *lo_out = nan ? std::nanf("") : lo;
+  *hi_out = nan ? std::nanf("") : hi;
+}
 
 inline int64_t round_up(int64_t v, int64_t m) { return (v + m - 1) / m * m; }
 inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
@@ -29,31 +66,60 @@ inline float activate(float y) {
 }
 
 template <GemmEpilogue::Kind kind, Activation act>
+inline void store(float y, const GemmEpilogue& e, float lo, float hi, float out_zp, void* out, int64_t index) {
+  y = activate<act>(y);
+  if (kind == GemmEpilogue::kFloat32) {
+    static_cast<float*>(out)[index] = y;
+    return;
+  }
+  float q = std::nearbyint(y / e.out_scale) + out_zp;
+  q = std::isnan(q) ? out_zp : std::fmin(std::fmax(q, lo), hi);
+  if (e.out_signed) {
+    static_cast<int8_t*>(out)[index] = static_cast<int8_t>(static_cast<int32_t>(q));
+  } else {
+    static_cast<uint8_t*>(out)[index] = static_cast<uint8_t>(static_cast<int32_t>(q));
+  }
+}
+
+// The inner loops are branch-free per element so that the compiler vectorises them at the baseline ISA.
+template <GemmEpilogue::Kind kind, Activation act>
 void epilogue_rows(const int32_t* acc, int64_t ldacc, int64_t rows, int64_t row0, int64_t n_begin, int64_t n_end,
                    const GemmEpilogue& e, void* out, int64_t ldo) {
   const float lo = e.out_signed ? -128.0f : 0.0f, hi = e.out_signed ? 127.0f : 255.0f;
   const float out_zp = static_cast<float>(e.out_zero_point);
+  const bool wide = e.k > 32768;
+  const float* ws = e.weight_scale;
+  const int32_t* cs = e.col_sums;
   for (int64_t r = 0; r < rows; ++r) {
     const int64_t m = row0 + r;
     const int32_t* a = acc + r * ldacc;
     const float scale = e.row_scales ? e.row_scales[m] : e.act_scale;
-    const int64_t zp = e.row_zero_points ? e.row_zero_points[m] : e.act_zero_point;
-    for (int64_t n = n_begin; n < n_end; ++n) {
-      const int64_t centered = static_cast<int64_t>(a[n]) - (zp != 0 ? zp * e.col_sums[n] : 0);
-      float y = static_cast<float>(centered) * (scale * e.weight_scale[n]);
-      if (e.bias) y = y + e.bias[n];
-      y = activate<act>(y);
-      if (kind == GemmEpilogue::kFloat32) {
-        static_cast<float*>(out)[m * ldo + n] = y;
+    const int32_t zp = e.row_zero_points ? e.row_zero_points[m] : e.act_zero_point;
+    float* f_out = static_cast<float*>(out) + m * ldo;
+    if (kind == GemmEpilogue::kFloat32 && zp == 0) {
+      if (e.bias) {
+        for (int64_t n = n_begin; n < n_end; ++n)
+          f_out[n] = activate<act>(static_cast<float>(a[n]) * (scale * ws[n]) + e.bias[n]);
       } else {
-        float q = std::nearbyint(y / e.out_scale) + out_zp;
-        q = std::isnan(q) ? out_zp : std::fmin(std::fmax(q, lo), hi);
-        if (e.out_signed) {
-          static_cast<int8_t*>(out)[m * ldo + n] = static_cast<int8_t>(static_cast<int32_t>(q));
-        } else {
-          static_cast<uint8_t*>(out)[m * ldo + n] = static_cast<uint8_t>(static_cast<int32_t>(q));
-        }
+        for (int64_t n = n_begin; n < n_end; ++n) f_out[n] = activate<act>(static_cast<float>(a[n]) * (scale * ws[n]));
       }
+      continue;
+    }
+    if (kind == GemmEpilogue::kFloat32 && !wide) {
+      if (e.bias) {
+        for (int64_t n = n_begin; n < n_end; ++n)
+          f_out[n] = activate<act>(static_cast<float>(a[n] - zp * cs[n]) * (scale * ws[n]) + e.bias[n]);
+      } else {
+        for (int64_t n = n_begin; n < n_end; ++n)
+          f_out[n] = activate<act>(static_cast<float>(a[n] - zp * cs[n]) * (scale * ws[n]));
+      }
+      continue;
+    }
+    for (int64_t n = n_begin; n < n_end; ++n) {
+      const int64_t centered = static_cast<int64_t>(a[n]) - (zp != 0 ? static_cast<int64_t>(zp) * cs[n] : 0);
+      float y = static_cast<float>(centered) * (scale * ws[n]);
+      if (e.bias) y = y + e.bias[n];
+      store<kind, act>(y, e, lo, hi, out_zp, out, m * ldo + n);
     }
   }
 }
@@ -124,6 +190,8 @@ void gemm(const KernelTable& k, const void* A, bool a_signed, int64_t lda, const
   }
   const int64_t col_blocks = ceil_div(N, col_block);
   const auto* a_bytes = static_cast<const uint8_t*>(A);
+  GemmEpilogue ek = e;
+  ek.k = K;
   parallel_for(row_blocks * col_blocks, threads, [&](int64_t task) {
     const int64_t m0 = (task / col_blocks) * kRowBlock;
     const int64_t rows = std::min(kRowBlock, M - m0);
@@ -136,7 +204,7 @@ void gemm(const KernelTable& k, const void* A, bool a_signed, int64_t lda, const
     }
     AccBlock acc(rows, n0, n1);
     k.gemm_s32(a, a_signed, lda, packed, rows, N, K, n0, n1, acc.base, acc.ld);
-    apply_gemm_epilogue(acc.base, acc.ld, rows, m0, n0, n1, e, out, ldo);
+    apply_gemm_epilogue(acc.base, acc.ld, rows, m0, n0, n1, ek, out, ldo);
   });
 }
 
@@ -157,14 +225,7 @@ void gemm_dynamic(const KernelTable& k, const float* A, int64_t lda, bool per_ro
       if (symmetric) {
         highs[m] = k.abs_max(row, K);
       } else {
-        float lo = 0.0f, hi = 0.0f;
-        for (int64_t i = 0; i < K; ++i) {
-          lo = std::fmin(lo, row[i]);
-          hi = std::fmax(hi, row[i]);
-          if (std::isnan(row[i])) lo = hi = row[i];
-        }
-        lows[m] = lo;
-        highs[m] = hi;
+        row_min_max(row, K, &lows[m], &highs[m]);
       }
     }
   });
@@ -248,7 +309,8 @@ void conv2d_nhwc(const KernelTable& k, const void* x, bool x_signed, int32_t pad
     }
     AccBlock acc(rows, 0, cout_g);
     k.gemm_s32(a.get(), x_signed, kg, wb + g * group_stride, rows, cout_g, kg, 0, cout_g, acc.base, acc.ld);
-    const GemmEpilogue eg = offset_epilogue(e, g * cout_g);
+    GemmEpilogue eg = offset_epilogue(e, g * cout_g);
+    eg.k = kg;
     apply_gemm_epilogue(acc.base, acc.ld, rows, p0, 0, cout_g, eg,
                         static_cast<uint8_t*>(out) + static_cast<size_t>(g * cout_g) * out_elem, s.out_c);
   });
@@ -268,7 +330,9 @@ void depthwise_conv2d_nhwc(const KernelTable& k, const void* x, bool x_signed, i
     std::unique_ptr<int32_t[]> acc(new int32_t[static_cast<size_t>((r1 - r0) * row_elems)]);
     int32_t* base = acc.get() - r0 * row_elems;  // the kernel writes absolute (b, oh) rows
     k.depthwise_conv_s32(x, x_signed, pad_value, w, base, d, r0, r1);
-    apply_gemm_epilogue(acc.get(), s.out_c, (r1 - r0) * s.out_w, r0 * s.out_w, 0, s.out_c, e, out, s.out_c);
+    GemmEpilogue ek = e;
+    ek.k = s.kernel_h * s.kernel_w;
+    apply_gemm_epilogue(acc.get(), s.out_c, (r1 - r0) * s.out_w, r0 * s.out_w, 0, s.out_c, ek, out, s.out_c);
   });
 }
 

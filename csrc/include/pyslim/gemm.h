@@ -31,6 +31,9 @@ struct GemmEpilogue {
   float out_scale = 1.0f;
   int32_t out_zero_point = 0;
   bool out_signed = true;
+  // Reduction length of the accumulators (set by the drivers): above 32768 the zero-point correction
+  // acc - zp * col_sums can leave the int32 range and is computed in int64.
+  int64_t k = 0;
 };
 
 // Applies the epilogue to rows [0, rows) x columns [n_begin, n_end) of an accumulator block whose row r is
