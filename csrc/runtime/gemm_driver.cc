@@ -58,10 +58,13 @@ void row_min_max(const float* x, int64_t n, float* lo_out, float* hi_out) {
 inline int64_t round_up(int64_t v, int64_t m) { return (v + m - 1) / m * m; }
 inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
+// relu(y) = y < 0 ? 0 : y (NaN passes through, as torch.relu), relu6 = min(relu(y), 6); the CUDA epilogue
+// uses the same forms.
 template <Activation act>
 inline float activate(float y) {
-  if (act == Activation::kRelu) return y > 0.0f ? y : 0.0f;
-  if (act == Activation::kRelu6) return y > 0.0f ? (y < 6.0f ? y : 6.0f) : 0.0f;
+  if (act == Activation::kNone) return y;
+  y = y < 0.0f ? 0.0f : y;
+  if (act == Activation::kRelu6) y = 6.0f < y ? 6.0f : y;
   return y;
 }
 

@@ -45,7 +45,7 @@ void dequantize_int16(const int16_t* q, float* y, const ChannelLayout& layout, c
 void gemm_s32(const void* A, bool a_signed, int64_t lda, const int8_t* W, int64_t M, int64_t N, int64_t K,
               int32_t* C, int64_t ldc, intptr_t stream);
 
-// The float epilogue shared by Linear and conv, applied to an int32 accumulator block (see gemm.h):
+// The float epilogue shared by Linear and conv, applied to an int32 accumulator block (as in gemm.h):
 //   y[m][n] = act((acc[m][n] - zp_m * col_sums[n]) * scale_m * weight_scale[n] + bias[n])
 // with zp_m / scale_m from the per-row arrays when given, else the per-tensor values; bias may be null.
 // activation: 0 none, 1 relu, 2 relu6.
