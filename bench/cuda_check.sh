@@ -16,6 +16,9 @@ PY=${PYTHON:-python3}
   PYSLIM_ENABLE_CUDA=ON $PY -m pip install -q --no-build-isolation --no-deps --target "$SITE" .
   export PYTHONPATH="$SITE${PYTHONPATH:+:$PYTHONPATH}"
   (cd /tmp && $PY -c "import pyslim; print(pyslim.native_info())")
+  cmake -S . -B /tmp/pyslim-cuda-build -G Ninja -DPYSLIM_ENABLE_CUDA=ON -DPYSLIM_BUILD_PYTHON=OFF \
+    -DPYSLIM_BUILD_TESTS=ON >/dev/null && cmake --build /tmp/pyslim-cuda-build --target pyslim_cuda_parity
+  /tmp/pyslim-cuda-build/pyslim_cuda_parity
   (cd /tmp && $PY -m pytest -q -p no:cacheprovider --import-mode=importlib "$OLDPWD/tests/ops/test_cuda.py")
   (cd /tmp && $PY "$OLDPWD/bench/cuda_bench.py")
 } 2>&1 | tee "$OUT/cuda_check.log"

@@ -1,15 +1,9 @@
 // Standalone parity check + timing of the CUDA int8 GEMM, its float epilogue and the depthwise convolution
 // (csrc/kernels/cuda/gemm.cu) against the CPU reference table (pyslim::kernel_table(Isa::kReference)).
-// Needs a GPU (sm_80 or newer for the tensor-core path); there is no CMake target for it.
-//
-// Build (from the repository root, after configuring/building with -DPYSLIM_ENABLE_CUDA=ON into BUILD):
-//   cmake -S . -B BUILD -G Ninja -DPYSLIM_ENABLE_CUDA=ON -DPYSLIM_BUILD_PYTHON=OFF && cmake --build BUILD
-//   nvcc -std=c++17 -O2 -gencode arch=compute_80,code=sm_80 -gencode arch=compute_90,code=sm_90
-//        -Xcompiler -ffp-contract=off -I csrc/include tests/cuda/gemm_parity.cu
-//        BUILD/libpyslim_cuda.a BUILD/libpyslim_core.a -lpthread -o BUILD/gemm_parity
-//   (one command line; nvcc links the static cudart by default)
-//   BUILD/gemm_parity            # parity cases, then timings
-//   BUILD/gemm_parity --quick    # parity cases only (no timing, no large shapes)
+// Needs a GPU (sm_80 or newer for the tensor-core path). CMake target pyslim_cuda_parity (configure with
+// -DPYSLIM_ENABLE_CUDA=ON -DPYSLIM_BUILD_TESTS=ON); bench/cuda_check.sh builds and runs it on a GPU machine.
+//   BUILD/pyslim_cuda_parity           # parity cases, then timings
+//   BUILD/pyslim_cuda_parity --quick   # parity cases only (no timing, no large shapes)
 //
 // Integer results (gemm_s32, depthwise_conv_s32) must match the reference exactly, and the padding columns of
 // a strided C must be left untouched. The epilogue must match a host evaluation of the formula of
@@ -226,8 +220,8 @@ void check_epilogue(int64_t M, int64_t N, bool per_row, bool with_bias, bool wit
     const int64_t zp = per_row ? row_zps[m] : act_zp;
     for (int64_t n = 0; n < N; ++n) {
       const int64_t d = static_cast<int64_t>(acc[m * ldacc + n]) - zp * static_cast<int64_t>(col_sums[n]);
-      volatile float y = static_cast<float>(d) * s;  // volatile: one rounding per operation, in this order
-      y = y * weight_scale[n];
+      volatile float multiplier = s * weight_scale[n];  // volatile: one rounding per operation, in this order
+      volatile float y = static_cast<float>(d) * multiplier;
       if (with_bias) y = y + bias[n];
       float v = y;
       if (activation >= 1) v = v < 0.0f ? 0.0f : v;
