@@ -101,7 +101,9 @@ struct KernelTable {
   // C: int32, row stride ldc; only the [0, M) x [n_begin, n_end) block is written.
   // n_begin is a multiple of gemm_n_step; n_end is a multiple of gemm_n_step or N. M, N, K >= 1.
   // The caller (the driver) splits M and N across threads; a call must be safe to run concurrently with
-  // other calls on disjoint C blocks and may use only stack memory as scratch.
+  // other calls on disjoint C blocks and may use only stack memory as scratch (up to ~100 KiB: fine for the
+  // default 8 MiB thread stacks). Inputs must keep every partial sum inside int32 (|K| * 255 * 128 < 2^31,
+  // i.e. K <= 65793), as the reference's int32 accumulator does.
   int64_t gemm_n_step;
   int64_t (*gemm_packed_size)(int64_t N, int64_t K);
   void (*gemm_pack)(const int8_t* W, int64_t N, int64_t K, void* packed);

@@ -1,0 +1,324 @@
+// AVX-512 VNNI int8 GEMM and depthwise convolution (compiled with -mavx512f/bw/vl/dq -mavx512vnni).
+//
+// GEMM: C[m][n] = sum_k A[m][k] * W[n][k], exact in int32 (see kernels.h and the reference).
+//   * vpdpbusd multiplies unsigned bytes (first source) by signed bytes (second source), adds each group of
+//     four products into an int32 lane, and never saturates (the sum of four products, |.| <= 4*255*128,
+//     always fits; the int32 accumulation wraps only where the reference would overflow too).
+//   * A uint8 is used as is. A int8 is flipped to uint8 with a ^ 0x80 (= a + 128), and the excess
+//     128 * sum_k W[n][k] is removed by starting the accumulators at bias[n] = -128 * sum_k W[n][k],
+//     precomputed per column and stored in the packed buffer. Both are exact integer identities.
+//   * Micro-kernel: kMR = 6 rows x kNR = 64 columns (24 zmm accumulators, 4 zmm of W, 1 broadcast of A).
+//     gemm_n_step = kNR. Edge tiles: fewer rows by template instantiation, fewer columns by store masks
+//     (the packed W is zero past N, so the extra lanes compute harmless zeros).
+//   * Blocking: K in blocks of 512 (a 64 x 512 W sub-panel is 32 KiB and stays in a 48 KiB L1 while every
+//     row tile of the A block passes over it; 256 measured ~10% slower at 128x4096x4096 on Zen 4, from the
+//     extra C tile reloads); M in blocks of up to kMC = 192 rows, whose A slice (96 KiB) is copied
+//     into a stack scratch per K block (flipped for int8, zero-padded past K, laid out [group][row] so the
+//     micro-kernel broadcasts consecutive 32-bit words). The first K block starts from the bias, the later
+//     ones add onto the C tile (C is the accumulator between K blocks; only the requested block is touched).
+//
+// Packed W layout (this file's private format; 64-byte aligned buffer):
+//   int32 bias[Np]                         Np = N rounded up to 64; bias[n] = -128 * sum_k W[n][k], 0 past N
+//   Np / 64 panels of K4 * 256 bytes       K4 = ceil(K / 4); panel p, group g, column c, byte i:
+//                                          W[64p + c][4g + i] at ((p * K4 + g) * 64 + c) * 4 + i, 0 past N / K
+//
+// Depthwise: vectorised over channels (16 int32 lanes per zmm, 64 channels per step, then masked steps of
+// 16); bytes widened to int32 and multiplied with vpmulld, so every product and sum is exact.
+//
+// Everything except fill_avx512vnni_gemm has internal linkage (no std templates are instantiated here), so
+// no EVEX-encoded code can leak into the baseline build through a shared weak symbol.
+#include <immintrin.h>
+
+#include <cstdint>
+#include <cstring>
+
+#include "pyslim/kernels.h"
+
+namespace pyslim {
+namespace vnni {
+namespace {
+
+constexpr int64_t kMR = 6;     // rows per micro-tile
+constexpr int64_t kNR = 64;    // columns per micro-tile (4 zmm of 16 int32)
+constexpr int64_t kKCg = 128;  // groups of 4 k per K block (512 k)
+constexpr int64_t kMC = 192;   // rows per A block (multiple of kMR)
+static_assert(kMC % kMR == 0, "the A block holds whole row tiles");
+
+inline int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
+inline int64_t round_up(int64_t a, int64_t b) { return (a + b - 1) / b * b; }
+
+int64_t gemm_packed_size(int64_t N, int64_t K) {
+  const int64_t np = round_up(N, kNR), k4 = (K + 3) / 4;
+  return np * 4 + np * k4 * 4;
+}
+
+void gemm_pack(const int8_t* W, int64_t N, int64_t K, void* packed) {
+  const int64_t np = round_up(N, kNR), k4 = (K + 3) / 4;
+  auto* bias = static_cast<int32_t*>(packed);
+  auto* panels = static_cast<int8_t*>(packed) + np * 4;
+  std::memset(panels, 0, static_cast<size_t>(np * k4 * 4));
+  for (int64_t n = 0; n < np; ++n) {
+    int32_t sum = 0;
+    if (n < N) {
+      const int8_t* w = W + n * K;
+      int8_t* panel = panels + (n / kNR) * k4 * kNR * 4 + (n % kNR) * 4;
+      for (int64_t k = 0; k < K; ++k) {
+        sum += w[k];
+        panel[(k / 4) * kNR * 4 + (k % 4)] = w[k];
+      }
+    }
+    bias[n] = -128 * sum;
+  }
+}
+
+// Copies rows [0, rows) x groups [g0, g0 + kg) of A into ap: tile t, group g, row r at ap[(t * kg + g) * kMR + r].
+// Rows past `rows` and bytes past K are zero; int8 bytes are flipped to uint8 (^ 0x80).
+template <bool kSigned>
+void pack_a(const uint8_t* A, int64_t lda, int64_t rows, int64_t K, int64_t g0, int64_t kg, uint32_t* ap) {
+  const uint32_t flip = kSigned ? 0x80808080u : 0u;
+  const int64_t tiles = (rows + kMR - 1) / kMR;
+  const int64_t full = (g0 + kg) * 4 <= K ? kg : kg - 1;  // groups with all four k inside K
+  for (int64_t t = 0; t < tiles; ++t) {
+    for (int64_t r = 0; r < kMR; ++r) {
+      const int64_t row = t * kMR + r;
+      uint32_t* dst = ap + t * kg * kMR + r;
+      if (row >= rows) {
+        for (int64_t g = 0; g < kg; ++g) dst[g * kMR] = 0;
+        continue;
+      }
+      const uint8_t* a = A + row * lda + g0 * 4;
+      for (int64_t g = 0; g < full; ++g) {
+        uint32_t v;
+        std::memcpy(&v, a + 4 * g, 4);
+        dst[g * kMR] = v ^ flip;
+      }
+      if (full < kg) {
+        uint32_t v = 0;
+        const int64_t left = K - (g0 + full) * 4;
+        for (int64_t i = 0; i < left; ++i) v |= static_cast<uint32_t>(a[4 * full + i] ^ (flip & 0xffu)) << (8 * i);
+        dst[full * kMR] = v;
+      }
+    }
+  }
+}
+
+// One R x 64 tile over kg groups. first: start from bias (or 0), else from the C tile. cols <= 64 valid.
+// The 24 accumulators are named variables, not an array: GCC 12 keeps a __m512i[R][4] array in memory and
+// stores it every iteration (measured: a third of the speed). Rows >= R vanish at compile time.
+// vpdpbusd through a one-line asm: with the _mm512_dpbusd_epi32 intrinsic GCC 12 copies every accumulator
+// through another register and a stack slot on each use (measured: a third of the speed); "+v" keeps each
+// accumulator in one register. Same instruction, same result.
+inline __m512i dpbusd(__m512i acc, __m512i a_u8, __m512i w_s8) {
+  __asm__("vpdpbusd %2, %1, %0" : "+v"(acc) : "v"(a_u8), "v"(w_s8));
+  return acc;
+}
+#define PYSLIM_VNNI_ROWS(X) X(0) X(1) X(2) X(3) X(4) X(5)
+template <int R>
+__attribute__((noinline)) void micro_kernel(const uint32_t* ap, const int8_t* wp, int64_t kg, int32_t* C, int64_t ldc, const int32_t* bias,
+                  bool first, int64_t cols) {
+  static_assert(R >= 1 && R <= kMR, "row count");
+  __mmask16 m0, m1, m2, m3;
+  {
+    auto mk = [cols](int j) -> __mmask16 {
+      const int64_t c = cols - 16 * j;
+      return c >= 16 ? static_cast<__mmask16>(0xffff) : c <= 0 ? 0 : static_cast<__mmask16>((1u << c) - 1);
+    };
+    m0 = mk(0);
+    m1 = mk(1);
+    m2 = mk(2);
+    m3 = mk(3);
+  }
+#define PYSLIM_DECL(r) __m512i c##r##0, c##r##1, c##r##2, c##r##3;
+  PYSLIM_VNNI_ROWS(PYSLIM_DECL)
+#undef PYSLIM_DECL
+  if (first) {
+    const __m512i b0 = bias ? _mm512_loadu_si512(bias) : _mm512_setzero_si512();
+    const __m512i b1 = bias ? _mm512_loadu_si512(bias + 16) : _mm512_setzero_si512();
+    const __m512i b2 = bias ? _mm512_loadu_si512(bias + 32) : _mm512_setzero_si512();
+    const __m512i b3 = bias ? _mm512_loadu_si512(bias + 48) : _mm512_setzero_si512();
+#define PYSLIM_INIT(r)  \
+  if constexpr (R > r) { \
+    c##r##0 = b0;        \
+    c##r##1 = b1;        \
+    c##r##2 = b2;        \
+    c##r##3 = b3;        \
+  }
+    PYSLIM_VNNI_ROWS(PYSLIM_INIT)
+#undef PYSLIM_INIT
+  } else {
+#define PYSLIM_LOAD(r)                                             \
+  if constexpr (R > r) {                                           \
+    c##r##0 = _mm512_maskz_loadu_epi32(m0, C + r * ldc);      \
+    c##r##1 = _mm512_maskz_loadu_epi32(m1, C + r * ldc + 16); \
+    c##r##2 = _mm512_maskz_loadu_epi32(m2, C + r * ldc + 32); \
+    c##r##3 = _mm512_maskz_loadu_epi32(m3, C + r * ldc + 48); \
+  }
+    PYSLIM_VNNI_ROWS(PYSLIM_LOAD)
+#undef PYSLIM_LOAD
+  }
+  for (int64_t g = 0; g < kg; ++g) {
+    const int8_t* w = wp + g * kNR * 4;
+    const __m512i w0 = _mm512_load_si512(w);
+    const __m512i w1 = _mm512_load_si512(w + 64);
+    const __m512i w2 = _mm512_load_si512(w + 128);
+    const __m512i w3 = _mm512_load_si512(w + 192);
+    const uint32_t* a = ap + g * kMR;
+#define PYSLIM_STEP(r)                                                   \
+  if constexpr (R > r) {                                                 \
+    const __m512i av = _mm512_set1_epi32(static_cast<int>(a[r]));        \
+    c##r##0 = dpbusd(c##r##0, av, w0);                      \
+    c##r##1 = dpbusd(c##r##1, av, w1);                      \
+    c##r##2 = dpbusd(c##r##2, av, w2);                      \
+    c##r##3 = dpbusd(c##r##3, av, w3);                      \
+  }
+    PYSLIM_VNNI_ROWS(PYSLIM_STEP)
+#undef PYSLIM_STEP
+  }
+#define PYSLIM_STORE(r)                                       \
+  if constexpr (R > r) {                                      \
+    _mm512_mask_storeu_epi32(C + r * ldc, m0, c##r##0);       \
+    _mm512_mask_storeu_epi32(C + r * ldc + 16, m1, c##r##1);  \
+    _mm512_mask_storeu_epi32(C + r * ldc + 32, m2, c##r##2);  \
+    _mm512_mask_storeu_epi32(C + r * ldc + 48, m3, c##r##3);  \
+  }
+  PYSLIM_VNNI_ROWS(PYSLIM_STORE)
+#undef PYSLIM_STORE
+}
+#undef PYSLIM_VNNI_ROWS
+
+template <bool kSigned>
+void gemm(const uint8_t* A, int64_t lda, const void* packed, int64_t M, int64_t N, int64_t K, int64_t n_begin,
+          int64_t n_end, int32_t* C, int64_t ldc) {
+  const int64_t np = round_up(N, kNR), k4 = (K + 3) / 4;
+  const int32_t* bias = kSigned ? static_cast<const int32_t*>(packed) : nullptr;
+  const int8_t* panels = static_cast<const int8_t*>(packed) + np * 4;
+  alignas(64) uint32_t ap[kMC * kKCg];
+  for (int64_t m0 = 0; m0 < M; m0 += kMC) {
+    const int64_t mc = min64(kMC, M - m0);
+    for (int64_t g0 = 0; g0 < k4; g0 += kKCg) {
+      const int64_t kg = min64(kKCg, k4 - g0);
+      pack_a<kSigned>(A + m0 * lda, lda, mc, K, g0, kg, ap);
+      const bool first = g0 == 0;
+      for (int64_t n0 = n_begin; n0 < n_end; n0 += kNR) {
+        const int64_t cols = min64(kNR, n_end - n0);
+        const int8_t* wp = panels + ((n0 / kNR) * k4 + g0) * kNR * 4;
+        const int32_t* b = bias ? bias + n0 : nullptr;
+        for (int64_t r0 = 0, t = 0; r0 < mc; r0 += kMR, ++t) {
+          const uint32_t* at = ap + t * kg * kMR;
+          int32_t* c = C + (m0 + r0) * ldc + n0;
+          switch (min64(kMR, mc - r0)) {
+            case 1: micro_kernel<1>(at, wp, kg, c, ldc, b, first, cols); break;
+            case 2: micro_kernel<2>(at, wp, kg, c, ldc, b, first, cols); break;
+            case 3: micro_kernel<3>(at, wp, kg, c, ldc, b, first, cols); break;
+            case 4: micro_kernel<4>(at, wp, kg, c, ldc, b, first, cols); break;
+            case 5: micro_kernel<5>(at, wp, kg, c, ldc, b, first, cols); break;
+            default: micro_kernel<6>(at, wp, kg, c, ldc, b, first, cols); break;
+          }
+        }
+      }
+    }
+  }
+}
+
+void gemm_s32(const void* A, bool a_signed, int64_t lda, const void* packed, int64_t M, int64_t N, int64_t K,
+              int64_t n_begin, int64_t n_end, int32_t* C, int64_t ldc) {
+  if (M <= 0 || K <= 0 || n_end <= n_begin) return;
+  if (a_signed) {
+    gemm<true>(static_cast<const uint8_t*>(A), lda, packed, M, N, K, n_begin, n_end, C, ldc);
+  } else {
+    gemm<false>(static_cast<const uint8_t*>(A), lda, packed, M, N, K, n_begin, n_end, C, ldc);
+  }
+}
+
+// ---- depthwise ----
+
+template <bool kSigned>
+inline __m512i load16(const void* p, __mmask16 m) {
+  // The maskz forms of the widening moves: GCC 12's plain forms start from _mm512_undefined_epi32 and
+  // trigger a spurious -Wuninitialized; the zero-masked lanes are unused anyway.
+  const __m128i b = _mm_maskz_loadu_epi8(m, p);
+  return kSigned ? _mm512_maskz_cvtepi8_epi32(m, b) : _mm512_maskz_cvtepu8_epi32(m, b);
+}
+inline __m512i load16w(const int8_t* p, __mmask16 m) {
+  return _mm512_maskz_cvtepi8_epi32(m, _mm_maskz_loadu_epi8(m, p));
+}
+
+// V vectors of 16 channels starting at channel c of one output pixel; the last vector uses `tail`.
+template <bool kSigned, int V>
+inline void dw_pixel(const uint8_t* x, int32_t pad_value, const int8_t* w, int32_t* o, const DepthwiseShape& s,
+                     int64_t b, int64_t oh, int64_t ow, int64_t c, __mmask16 tail) {
+  const int64_t C = s.channels;
+  __m512i acc[V];
+#pragma GCC unroll 4
+  for (int v = 0; v < V; ++v) acc[v] = _mm512_setzero_si512();
+  const __m512i pad = _mm512_set1_epi32(pad_value);
+  for (int64_t i = 0; i < s.kernel_h; ++i) {
+    const int64_t ih = oh * s.stride_h - s.pad_h + i * s.dilation_h;
+    const bool row_in = ih >= 0 && ih < s.height;
+    for (int64_t j = 0; j < s.kernel_w; ++j) {
+      const int64_t iw = ow * s.stride_w - s.pad_w + j * s.dilation_w;
+      const int8_t* wk = w + (i * s.kernel_w + j) * C + c;
+      if (row_in && iw >= 0 && iw < s.width) {
+        const uint8_t* xp = x + ((b * s.height + ih) * s.width + iw) * C + c;
+#pragma GCC unroll 4
+        for (int v = 0; v < V; ++v) {
+          const __mmask16 m = v == V - 1 ? tail : static_cast<__mmask16>(0xffff);
+          acc[v] = _mm512_add_epi32(acc[v], _mm512_mullo_epi32(load16<kSigned>(xp + 16 * v, m),
+                                                               load16w(wk + 16 * v, m)));
+        }
+      } else {
+#pragma GCC unroll 4
+        for (int v = 0; v < V; ++v) {
+          const __mmask16 m = v == V - 1 ? tail : static_cast<__mmask16>(0xffff);
+          acc[v] = _mm512_add_epi32(acc[v], _mm512_mullo_epi32(pad, load16w(wk + 16 * v, m)));
+        }
+      }
+    }
+  }
+#pragma GCC unroll 4
+  for (int v = 0; v < V; ++v)
+    _mm512_mask_storeu_epi32(o + c + 16 * v, v == V - 1 ? tail : static_cast<__mmask16>(0xffff), acc[v]);
+}
+
+template <bool kSigned>
+void depthwise_rows(const uint8_t* x, int32_t pad_value, const int8_t* w, int32_t* out, const DepthwiseShape& s,
+                    int64_t row_begin, int64_t row_end) {
+  const int64_t C = s.channels;
+  const __mmask16 full = static_cast<__mmask16>(0xffff);
+  for (int64_t row = row_begin; row < row_end; ++row) {
+    const int64_t b = row / s.out_h, oh = row % s.out_h;
+    for (int64_t ow = 0; ow < s.out_w; ++ow) {
+      int32_t* o = out + ((b * s.out_h + oh) * s.out_w + ow) * C;
+      int64_t c = 0;
+      for (; c + 64 <= C; c += 64) dw_pixel<kSigned, 4>(x, pad_value, w, o, s, b, oh, ow, c, full);
+      for (; c < C; c += 16) {
+        const int64_t left = C - c;
+        const __mmask16 m = left >= 16 ? full : static_cast<__mmask16>((1u << left) - 1);
+        dw_pixel<kSigned, 1>(x, pad_value, w, o, s, b, oh, ow, c, m);
+      }
+    }
+  }
+}
+
+void depthwise_conv_s32(const void* x, bool x_signed, int32_t pad_value, const int8_t* w, int32_t* out,
+                        const DepthwiseShape& shape, int64_t row_begin, int64_t row_end) {
+  if (x_signed) {
+    depthwise_rows<true>(static_cast<const uint8_t*>(x), pad_value, w, out, shape, row_begin, row_end);
+  } else {
+    depthwise_rows<false>(static_cast<const uint8_t*>(x), pad_value, w, out, shape, row_begin, row_end);
+  }
+}
+
+}  // namespace
+}  // namespace vnni
+
+// Called by the dispatcher only on a CPU with AVX512_VNNI (the whole file is compiled with its flags).
+void fill_avx512vnni_gemm(KernelTable* t) {
+  t->gemm_n_step = vnni::kNR;
+  t->gemm_packed_size = vnni::gemm_packed_size;
+  t->gemm_pack = vnni::gemm_pack;
+  t->gemm_s32 = vnni::gemm_s32;
+  t->depthwise_conv_s32 = vnni::depthwise_conv_s32;
+}
+
+}  // namespace pyslim
