@@ -75,8 +75,8 @@ def run_benchmarks(threads_list: List[int], repeats: int, shapes: Dict[str, tupl
                 x = torch.randn(shape) * 2
                 g = torch.randn(shape)
                 nbytes = x.numel() * 4
-                dst = torch.empty_like(x)
-                t_copy = _median_time(lambda: dst.copy_(x), repeats)
+                # The "same-run copy of the tensor": x.clone(), which allocates its output like every op measured.
+                t_copy = _median_time(lambda: x.clone(), repeats)
                 copy_bw = 2 * nbytes / t_copy
                 if axis is None:
                     scale_t, zp_t = torch.tensor(0.02), torch.tensor(0, dtype=torch.int32)
@@ -118,10 +118,11 @@ def run_benchmarks(threads_list: List[int], repeats: int, shapes: Dict[str, tupl
                 # abs-max variants (scale reduced natively in the same call): read x twice, write y
                 if axis is None:
                     t_absmax = _median_time(lambda: ops.fake_quant_abs_max(x), repeats)
-                    add("fake_quant_abs_max fwd (incl. scale)", "copy", t_absmax, t_copy, 3 * nbytes)
+                    add("fake_quant_abs_max fwd (incl. scale)", "x.clone()", t_absmax, t_copy, 3 * nbytes)
                 else:
                     t_absmax = _median_time(lambda: ops.fake_quant_channel_wise_abs_max(x, axis), repeats)
-                    add("fake_quant_channel_wise_abs_max fwd (incl. scale)", "copy", t_absmax, t_copy, 3 * nbytes)
+                    add("fake_quant_channel_wise_abs_max fwd (incl. scale)", "x.clone()", t_absmax, t_copy,
+                        3 * nbytes)
                 # PACT, forward + backward, vs the pure-PyTorch version
                 alpha_ours = torch.tensor(3.0, requires_grad=True)
                 alpha_torch = torch.tensor(3.0, requires_grad=True)
@@ -129,7 +130,7 @@ def run_benchmarks(threads_list: List[int], repeats: int, shapes: Dict[str, tupl
                     _median_time(_fwd_bwd(lambda v: ops.pact(v, alpha_ours), x, g, [alpha_ours]), repeats),
                     _median_time(_fwd_bwd(lambda v: _pact_torch(v, alpha_torch), x, g, [alpha_torch]), repeats),
                     5 * nbytes)
-                del x, g, dst
+                del x, g
     finally:
         torch.set_num_threads(saved_threads)
     return rows
@@ -295,6 +296,24 @@ def format_table(rows: List[dict]) -> str:
     return "\n".join(lines)
 
 
+def reuse_freed_memory() -> bool:
+    """Makes glibc keep freed memory for reuse instead of unmapping it (M_MMAP_MAX=0, M_TRIM_THRESHOLD=max).
+
+    Without it every large tensor is a fresh mmap whose pages each fault on first touch; on the development
+    machine that cost ~1.6 us per 4 KiB page and dominated every large-tensor timing, for torch and pyslim
+    alike. A caching allocator (as torch uses on CUDA) behaves like this setting. Returns False off glibc.
+    """
+    import ctypes
+    import ctypes.util
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c"))
+        m_trim_threshold, m_mmap_max = -1, -4
+        return bool(libc.mallopt(m_mmap_max, 0)) and bool(libc.mallopt(m_trim_threshold, 2 ** 31 - 1))
+    except (OSError, AttributeError):
+        return False
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="pyslim bench", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -303,6 +322,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--shapes", default=",".join(SHAPES), help="comma-separated subset of: " + ", ".join(SHAPES))
     parser.add_argument("--suite", choices=("all", "fakequant", "int8"), default="all",
                         help="fake-quant kernels, int8 GEMM/conv, or both (default)")
+    parser.add_argument("--malloc", choices=("reuse", "default"), default="reuse",
+                        help="reuse: glibc keeps freed memory (no page fault per fresh buffer; see "
+                             "reuse_freed_memory); default: leave the allocator alone")
     parser.add_argument("--json", metavar="PATH", help="also write the rows as JSON to PATH ('-' for stdout)")
     args = parser.parse_args(argv)
     threads = [int(t) for t in args.threads.split(",") if t]
@@ -310,14 +332,17 @@ def main(argv: Optional[List[str]] = None) -> int:
     unknown = [s for s in wanted if s not in SHAPES]
     if unknown:
         parser.error(f"unknown shape(s) {unknown}; choose from {list(SHAPES)}")
+    malloc_mode = "reuse" if args.malloc == "reuse" and reuse_freed_memory() else "default"
     info = pyslim.native_info()
+    info["malloc"] = malloc_mode
     rows = run_benchmarks(threads, args.repeats, {k: SHAPES[k] for k in wanted}) if args.suite != "int8" else []
     int8_rows = run_int8_benchmarks(threads, args.repeats) if args.suite != "fakequant" else []
     result = {"native_info": info, "torch": torch.__version__, "rows": rows, "int8_rows": int8_rows}
     if args.json == "-":
         print(json.dumps(result, indent=2))
         return 0
-    print(f"pyslim {info['version']} | active ISA {info['active_isa']} | torch {torch.__version__}")
+    print(f"pyslim {info['version']} | active ISA {info['active_isa']} | torch {torch.__version__} | "
+          f"malloc {malloc_mode}")
     if rows:
         print(format_table(rows))
     if int8_rows:

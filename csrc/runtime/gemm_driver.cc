@@ -13,6 +13,7 @@
 #endif
 
 #include "pyslim/gemm.h"
+#include "pyslim/scratch.h"
 #include "pyslim/thread_pool.h"
 
 namespace pyslim {
@@ -140,14 +141,14 @@ void epilogue_kind(const int32_t* acc, int64_t ldacc, int64_t rows, int64_t row0
   }
 }
 
-// An uninitialised int32 block of rows x (n_end - n_begin), addressed by absolute column.
+// An uninitialised int32 block of rows x (n_end - n_begin) in the thread's scratch, addressed by absolute
+// column.
 struct AccBlock {
-  std::unique_ptr<int32_t[]> storage;
-  int32_t* base;  // storage - n_begin
+  int32_t* base;  // scratch - n_begin
   int64_t ld;
   AccBlock(int64_t rows, int64_t n_begin, int64_t n_end)
-      : storage(new int32_t[static_cast<size_t>(rows * (n_end - n_begin))]),
-        base(storage.get() - n_begin),
+      : base(thread_scratch_as<int32_t>(ScratchSlot::kAccumulator, static_cast<size_t>(rows * (n_end - n_begin))) -
+             n_begin),
         ld(n_end - n_begin) {}
 };
 
@@ -215,7 +216,7 @@ void gemm_dynamic(const KernelTable& k, const float* A, int64_t lda, bool per_ro
                   const void* packed, int64_t M, int64_t N, int64_t K, GemmEpilogue e, float* out, int64_t ldo,
                   int threads) {
   if (M <= 0 || N <= 0) return;
-  std::unique_ptr<int8_t[]> q(new int8_t[static_cast<size_t>(M * K)]);
+  int8_t* q = thread_scratch_as<int8_t>(ScratchSlot::kQuantized, static_cast<size_t>(M * K));
   std::vector<float> scales(static_cast<size_t>(M));
   std::vector<int32_t> zero_points(static_cast<size_t>(M));
   std::vector<float> lows(static_cast<size_t>(M)), highs(static_cast<size_t>(M));
@@ -262,13 +263,13 @@ void gemm_dynamic(const KernelTable& k, const float* A, int64_t lda, bool per_ro
     const int64_t tasks = split_count(M * K, 1 << 16, threads);
     const int64_t r0 = M * task / tasks, r1 = M * (task + 1) / tasks;
     for (int64_t m = r0; m < r1; ++m)
-      k.quantize_int8(A + m * lda, q.get() + m * K, K, &scales[m], &zero_points[m], 0, -128, 127,
+      k.quantize_int8(A + m * lda, q + m * K, K, &scales[m], &zero_points[m], 0, -128, 127,
                       RoundMode::kHalfToEven);
   });
   e.kind = GemmEpilogue::kFloat32;
   e.row_scales = scales.data();
   e.row_zero_points = zero_points.data();
-  gemm(k, q.get(), true, K, packed, M, N, K, e, out, ldo, threads);
+  gemm(k, q, true, K, packed, M, N, K, e, out, ldo, threads);
 }
 
 void conv2d_nhwc(const KernelTable& k, const void* x, bool x_signed, int32_t pad_value, const void* packed,
@@ -293,11 +294,11 @@ void conv2d_nhwc(const KernelTable& k, const void* x, bool x_signed, int32_t pad
     const int64_t g = task % groups;
     const int64_t p0 = (task / groups) * kPixelBlock;
     const int64_t rows = std::min(kPixelBlock, pixels - p0);
-    std::unique_ptr<uint8_t[]> a(new uint8_t[static_cast<size_t>(rows * kg)]);
+    uint8_t* a = thread_scratch_as<uint8_t>(ScratchSlot::kIm2col, static_cast<size_t>(rows * kg));
     for (int64_t r = 0; r < rows; ++r) {
       const int64_t p = p0 + r;
       const int64_t b = p / (s.out_h * s.out_w), oh = (p / s.out_w) % s.out_h, ow = p % s.out_w;
-      uint8_t* dst = a.get() + r * kg;
+      uint8_t* dst = a + r * kg;
       for (int64_t i = 0; i < s.kernel_h; ++i) {
         const int64_t ih = oh * s.stride_h - s.pad_h + i * s.dilation_h;
         for (int64_t j = 0; j < s.kernel_w; ++j, dst += cin_g) {
@@ -311,7 +312,7 @@ void conv2d_nhwc(const KernelTable& k, const void* x, bool x_signed, int32_t pad
       }
     }
     AccBlock acc(rows, 0, cout_g);
-    k.gemm_s32(a.get(), x_signed, kg, wb + g * group_stride, rows, cout_g, kg, 0, cout_g, acc.base, acc.ld);
+    k.gemm_s32(a, x_signed, kg, wb + g * group_stride, rows, cout_g, kg, 0, cout_g, acc.base, acc.ld);
     GemmEpilogue eg = offset_epilogue(e, g * cout_g);
     eg.k = kg;
     apply_gemm_epilogue(acc.base, acc.ld, rows, p0, 0, cout_g, eg,
@@ -330,12 +331,12 @@ void depthwise_conv2d_nhwc(const KernelTable& k, const void* x, bool x_signed, i
   const int64_t tasks = ceil_div(rows, rows_per_task);
   parallel_for(tasks, threads, [&](int64_t task) {
     const int64_t r0 = task * rows_per_task, r1 = std::min(rows, r0 + rows_per_task);
-    std::unique_ptr<int32_t[]> acc(new int32_t[static_cast<size_t>((r1 - r0) * row_elems)]);
-    int32_t* base = acc.get() - r0 * row_elems;  // the kernel writes absolute (b, oh) rows
+    int32_t* acc = thread_scratch_as<int32_t>(ScratchSlot::kAccumulator, static_cast<size_t>((r1 - r0) * row_elems));
+    int32_t* base = acc - r0 * row_elems;  // the kernel writes absolute (b, oh) rows
     k.depthwise_conv_s32(x, x_signed, pad_value, w, base, d, r0, r1);
     GemmEpilogue ek = e;
     ek.k = s.kernel_h * s.kernel_w;
-    apply_gemm_epilogue(acc.get(), s.out_c, (r1 - r0) * s.out_w, r0 * s.out_w, 0, s.out_c, ek, out, s.out_c);
+    apply_gemm_epilogue(acc, s.out_c, (r1 - r0) * s.out_w, r0 * s.out_w, 0, s.out_c, ek, out, s.out_c);
   });
 }
 
