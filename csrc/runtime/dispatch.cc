@@ -72,10 +72,11 @@ struct Tables {
     add(Isa::kNeonDot, [](KernelTable* t) {
       fill_neon_kernels(t);
       fill_reference_gemm(t);
+#if defined(PYSLIM_HAVE_GEMM_NEON)
+      fill_neon_gemm(t);  // depthwise (and the GEMM, unless the dotprod file overrides it)
+#endif
 #if defined(PYSLIM_HAVE_GEMM_NEONDOT)
-      fill_neondot_gemm(t);
-#elif defined(PYSLIM_HAVE_GEMM_NEON)
-      fill_neon_gemm(t);
+      fill_neondot_gemm(t);  // the sdot GEMM entries only
 #endif
     });
 #endif

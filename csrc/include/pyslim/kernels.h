@@ -80,6 +80,34 @@ struct KernelTable {
                                      int32_t qmin, int32_t qmax, RoundMode round, GradMask mask,
                                      double* grad_scale_acc, double* grad_zero_point_acc);
 
+  // ---- forward that also saves the clipped straight-through mask as bits ----
+  // With grad "clipped" and no parameter gradient, the backward needs only one bit per element: whether the
+  // gradient passes. Writing it in the forward (n/8 bytes) lets the backward read the mask and grad instead
+  // of x and grad (8.125 B/elem instead of 12 B/elem for the backward; 16.25 instead of 20 for both).
+  //
+  // Bit layout (whole tensor): element i is bit (i % 8) of byte i / 8, least significant bit first. A
+  // micro-kernel gets `mask_bits` pointing at the byte that holds its first element and `bit_offset` in
+  // [0, 8): its element j is bit (bit_offset + j) % 8 of mask_bits[(bit_offset + j) / 8].
+  // Writers touch only the bytes [0, ceil((bit_offset + n) / 8)) of mask_bits; in the first byte they keep
+  // the bits below bit_offset (written by the previous span of the same task), and in the last byte they
+  // clear the bits at and above bit_offset + n (so a tensor written span after span ends with zero padding).
+  // The drivers start each task on a multiple of 64 elements, so two threads never share a byte.
+  //
+  // y is exactly fake_quant_affine's; the bit is 1 where qmin <= round(x * inv) + zp <= qmax (0 for NaN),
+  // exactly the kInclusive keep of fake_quant_affine_backward.
+  void (*fake_quant_affine_mask)(const float* x, float* y, uint8_t* mask_bits, int64_t bit_offset, int64_t n,
+                                 const float* scale, const int32_t* zero_point, int64_t param_stride, int32_t qmin,
+                                 int32_t qmax, RoundMode round);
+  // y is exactly fake_quant_symmetric's; the bit is fake_quant_symmetric_backward's keep: |x| <= s
+  // (kInclusive), |x| < s (kStrict), 0 for NaN x; kNone sets every bit.
+  void (*fake_quant_symmetric_mask)(const float* x, float* y, uint8_t* mask_bits, int64_t bit_offset, int64_t n,
+                                    const float* scale, int64_t param_stride, int32_t bin, RoundMode round,
+                                    GradMask mask);
+  // grad_x[j] = bit j of the mask (same layout and bit_offset as above) ? grad[j] : 0.0f, bit-exactly the
+  // grad_x of the x-based backward (a masked NaN/Inf gradient becomes +0). grad_x may equal grad.
+  void (*apply_grad_mask)(const float* grad, const uint8_t* mask_bits, int64_t bit_offset, float* grad_x,
+                          int64_t n);
+
   // ---- real quantization ----
   //   q = (int)min(max(round(x * (1.0f / s)) + (float)zp, qmin), qmax);  NaN x gives q = zp.
   void (*quantize_int8)(const float* x, int8_t* q, int64_t n, const float* scale, const int32_t* zero_point,
@@ -132,7 +160,8 @@ void fill_avx2_kernels(KernelTable* t);
 void fill_avx512_kernels(KernelTable* t);
 void fill_neon_kernels(KernelTable* t);
 // The int8 GEMM / depthwise entries (gemm_*, depthwise_conv_s32) of each table. A path whose file is not
-// built keeps the reference entries (see dispatch.cc); avx512 uses the AVX2 GEMM, avx512vnni its own.
+// built keeps the reference entries (see dispatch.cc); avx512 uses the AVX2 GEMM, avx512vnni its own;
+// fill_neondot_gemm sets only the gemm_* entries (neondot takes the NEON depthwise kernel).
 void fill_reference_gemm(KernelTable* t);
 void fill_avx2_gemm(KernelTable* t);
 void fill_avx512vnni_gemm(KernelTable* t);

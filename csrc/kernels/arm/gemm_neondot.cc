@@ -1,5 +1,6 @@
-// aarch64 int8 GEMM with the dot-product extension (sdot), and depthwise convolution, compiled with
-// -march=armv8.2-a+dotprod. Chosen only when the CPU reports asimddp (see cpu_features.cc).
+// aarch64 int8 GEMM with the dot-product extension (sdot), compiled with
+// -march=armv8.2-a+dotprod. Chosen only when the CPU reports asimddp (see cpu_features.cc). Depthwise
+// convolution on this path is the NEON kernel of gemm_neon.cc (dot products do not help per-channel MACs).
 //
 // GEMM layout. W (N x K int8, row-major) is packed into panels of kPanel = 16 output columns, with N
 // padded to a multiple of 16 and K to a multiple of kGroup = 4 by zeros. A panel is
@@ -207,117 +208,6 @@ void gemm_s32(const void* A, bool a_signed, int64_t lda, const void* packed, int
   }
 }
 
-// ---- depthwise convolution (same algorithm as gemm_neon.cc) -----------------------------------------------
-
-inline int16x8_t load_widened8(const uint8_t* p) { return vreinterpretq_s16_u16(vmovl_u8(vld1_u8(p))); }
-inline int16x8_t load_widened8(const int8_t* p) { return vmovl_s8(vld1_s8(p)); }
-
-inline void load_widened16(const uint8_t* p, int16x8_t* lo, int16x8_t* hi) {
-  const uint8x16_t v = vld1q_u8(p);
-  *lo = vreinterpretq_s16_u16(vmovl_u8(vget_low_u8(v)));
-  *hi = vreinterpretq_s16_u16(vmovl_high_u8(v));
-}
-inline void load_widened16(const int8_t* p, int16x8_t* lo, int16x8_t* hi) {
-  const int8x16_t v = vld1q_s8(p);
-  *lo = vmovl_s8(vget_low_s8(v));
-  *hi = vmovl_high_s8(v);
-}
-
-// acc += x * w over 8 channels (int16 x int16 products accumulated in int32).
-inline void madd8(int32x4_t* acc, int16x8_t x, int16x8_t w) {
-  acc[0] = vmlal_s16(acc[0], vget_low_s16(x), vget_low_s16(w));
-  acc[1] = vmlal_high_s16(acc[1], x, w);
-}
-
-// acc += pad * w over 8 channels, in int32 like the reference (pad may be any int32).
-inline void madd8_pad(int32x4_t* acc, int32x4_t pad, int16x8_t w) {
-  acc[0] = vmlaq_s32(acc[0], pad, vmovl_s16(vget_low_s16(w)));
-  acc[1] = vmlaq_s32(acc[1], pad, vmovl_high_s16(w));
-}
-
-// One output pixel over kChannels (16 or 8) channels starting at c.
-template <int kChannels, typename X_T>
-inline void depthwise_pixel(const X_T* x_image, int32x4_t pad, const int8_t* w, int32_t* o, const DepthwiseShape& s,
-                            int64_t oh, int64_t ow, int64_t c) {
-  constexpr int kVectors = kChannels / 4;
-  int32x4_t acc[kVectors];
-  for (int v = 0; v < kVectors; ++v) acc[v] = vdupq_n_s32(0);
-  const int64_t C = s.channels;
-  for (int64_t i = 0; i < s.kernel_h; ++i) {
-    const int64_t ih = oh * s.stride_h - s.pad_h + i * s.dilation_h;
-    const bool row_inside = ih >= 0 && ih < s.height;
-    for (int64_t j = 0; j < s.kernel_w; ++j) {
-      const int64_t iw = ow * s.stride_w - s.pad_w + j * s.dilation_w;
-      const int8_t* wk = w + (i * s.kernel_w + j) * C + c;
-      const bool inside = row_inside && iw >= 0 && iw < s.width;
-      if constexpr (kChannels == 16) {
-        const int8x16_t wb = vld1q_s8(wk);
-        const int16x8_t w_lo = vmovl_s8(vget_low_s8(wb));
-        const int16x8_t w_hi = vmovl_high_s8(wb);
-        if (inside) {
-          int16x8_t x_lo, x_hi;
-          load_widened16(x_image + (ih * s.width + iw) * C + c, &x_lo, &x_hi);
-          madd8(acc, x_lo, w_lo);
-          madd8(acc + 2, x_hi, w_hi);
-        } else {
-          madd8_pad(acc, pad, w_lo);
-          madd8_pad(acc + 2, pad, w_hi);
-        }
-      } else {
-        const int16x8_t wv = vmovl_s8(vld1_s8(wk));
-        if (inside) {
-          madd8(acc, load_widened8(x_image + (ih * s.width + iw) * C + c), wv);
-        } else {
-          madd8_pad(acc, pad, wv);
-        }
-      }
-    }
-  }
-  for (int v = 0; v < kVectors; ++v) vst1q_s32(o + c + 4 * v, acc[v]);
-}
-
-template <typename X_T>
-void depthwise_rows(const X_T* x, int32_t pad_value, const int8_t* w, int32_t* out, const DepthwiseShape& s,
-                    int64_t row_begin, int64_t row_end) {
-  const int64_t C = s.channels;
-  const int32x4_t pad = vdupq_n_s32(pad_value);
-  for (int64_t row = row_begin; row < row_end; ++row) {
-    const int64_t b = row / s.out_h, oh = row % s.out_h;
-    const X_T* x_image = x + b * s.height * s.width * C;
-    for (int64_t ow = 0; ow < s.out_w; ++ow) {
-      int32_t* o = out + (row * s.out_w + ow) * C;
-      int64_t c = 0;
-      for (; c + 16 <= C; c += 16) depthwise_pixel<16>(x_image, pad, w, o, s, oh, ow, c);
-      for (; c + 8 <= C; c += 8) depthwise_pixel<8>(x_image, pad, w, o, s, oh, ow, c);
-      if (c == C) continue;
-      // The last C % 8 channels, scalar, in the reference's order.
-      for (int64_t t = c; t < C; ++t) o[t] = 0;
-      for (int64_t i = 0; i < s.kernel_h; ++i) {
-        const int64_t ih = oh * s.stride_h - s.pad_h + i * s.dilation_h;
-        for (int64_t j = 0; j < s.kernel_w; ++j) {
-          const int64_t iw = ow * s.stride_w - s.pad_w + j * s.dilation_w;
-          const int8_t* wk = w + (i * s.kernel_w + j) * C;
-          const bool inside = ih >= 0 && ih < s.height && iw >= 0 && iw < s.width;
-          const X_T* xp = inside ? x_image + (ih * s.width + iw) * C : nullptr;
-          for (int64_t t = c; t < C; ++t) {
-            const int32_t v = inside ? static_cast<int32_t>(xp[t]) : pad_value;
-            o[t] += v * static_cast<int32_t>(wk[t]);
-          }
-        }
-      }
-    }
-  }
-}
-
-void depthwise_conv_s32(const void* x, bool x_signed, int32_t pad_value, const int8_t* w, int32_t* out,
-                        const DepthwiseShape& shape, int64_t row_begin, int64_t row_end) {
-  if (x_signed) {
-    depthwise_rows(static_cast<const int8_t*>(x), pad_value, w, out, shape, row_begin, row_end);
-  } else {
-    depthwise_rows(static_cast<const uint8_t*>(x), pad_value, w, out, shape, row_begin, row_end);
-  }
-}
-
 }  // namespace
 }  // namespace neondot
 
@@ -326,7 +216,6 @@ void fill_neondot_gemm(KernelTable* t) {
   t->gemm_packed_size = neondot::gemm_packed_size;
   t->gemm_pack = neondot::gemm_pack;
   t->gemm_s32 = neondot::gemm_s32;
-  t->depthwise_conv_s32 = neondot::depthwise_conv_s32;
 }
 
 }  // namespace pyslim
