@@ -366,4 +366,39 @@ def linear_int8_dynamic(x: Tensor, packed: Tensor, col_sums: Tensor, weight_scal
                                   bool(symmetric), _ACTIVATIONS[activation])
 
 
-__all__ += ["pack_int8_weight", "gemm_int8", "linear_int8_dynamic"]
+def conv2d_int8(x: Tensor, x_scale: float, x_zero_point: int, weight_int8: Tensor, weight_scale: Tensor,
+                bias: Optional[Tensor] = None, stride=1, padding=0, dilation=1, groups: int = 1,
+                activation: Optional[str] = None) -> Tensor:
+    """int8 2-D convolution on NHWC activations: ``x`` (N, H, W, C) int8/uint8 with ``(x_scale, x_zero_point)``,
+    ``weight_int8`` in torch's (Cout, Cin/groups, KH, KW) layout with per-output-channel ``weight_scale``.
+    Returns float32 NHWC ``act(conv(dequant(x), dequant(w)) + bias)``; padding reads as the zero point.
+    Depthwise convolutions (groups == Cin == Cout) use the dedicated kernel. ``pyslim.quant.nn.Int8Conv2d``
+    wraps this for float NCHW inputs. Example::
+
+        >>> x = torch.randint(-128, 128, (1, 8, 8, 16), dtype=torch.int8)
+        >>> w = torch.randint(-127, 128, (32, 16, 3, 3), dtype=torch.int8)
+        >>> y = conv2d_int8(x, 0.05, 0, w, torch.full((32,), 0.01), padding=1)
+    """
+    if not isinstance(x, Tensor) or x.dtype not in (torch.int8, torch.uint8) or x.dim() != 4:
+        raise TypeError(f"x must be a 4-D NHWC int8/uint8 tensor; got {getattr(x, 'dtype', type(x).__name__)}")
+    if not isinstance(weight_int8, Tensor) or weight_int8.dtype != torch.int8 or weight_int8.dim() != 4:
+        raise TypeError("weight_int8 must be a 4-D int8 tensor (Cout, Cin/groups, KH, KW)")
+    if activation not in _ACTIVATIONS:
+        raise ValueError(f"activation must be None, 'relu' or 'relu6'; got {activation!r}")
+    pair = (lambda v: [int(v), int(v)] if isinstance(v, int) else [int(v[0]), int(v[1])])
+    cout, cin_g, kh, kw = weight_int8.shape
+    cin = x.shape[3]
+    if cin_g * groups != cin:
+        raise ValueError(f"weight_int8 expects {cin_g * groups} input channels with groups={groups}; x has {cin}")
+    col_sums = weight_int8.sum(dim=(1, 2, 3), dtype=torch.int32).contiguous()
+    if groups == cin == cout and groups > 1:
+        packed, dw = None, weight_int8[:, 0].permute(1, 2, 0).contiguous()
+    else:
+        packed, _ = pack_int8_weight_op(weight_int8.permute(0, 2, 3, 1).reshape(cout, -1).contiguous(), int(groups))
+        dw = None
+    return conv2d_int8_op(x, float(x_scale), int(x_zero_point), packed, dw, col_sums,
+                          weight_scale.to(torch.float32).contiguous(), bias, int(cout), int(kh), int(kw),
+                          pair(stride), pair(padding), pair(dilation), int(groups), _ACTIVATIONS[activation])
+
+
+__all__ += ["pack_int8_weight", "gemm_int8", "linear_int8_dynamic", "conv2d_int8"]

@@ -176,3 +176,30 @@ def test_int8_ops_opcheck():
     cpacked, ccols = ops.pack_int8_weight(int8(6, 36), 1)
     torch.library.opcheck(I.conv2d_int8_op, (x, 0.1, 0, cpacked, None, ccols, torch.rand(6) + 0.1, None, 6, 3, 3,
                                              [1, 1], [1, 1], [1, 1], 1, 0))
+
+
+@HYP
+@given(data=st.data())
+def test_conv_hypothesis(isa, data):
+    groups = data.draw(st.sampled_from([1, 2, 3]), label="groups")
+    cin = groups * data.draw(st.integers(1, 5), label="cin_g")
+    depthwise = data.draw(st.booleans(), label="depthwise")
+    cout = cin if depthwise else groups * data.draw(st.integers(1, 6), label="cout_g")
+    groups = cin if depthwise else groups
+    kh, kw = data.draw(st.integers(1, 4)), data.draw(st.integers(1, 4))
+    stride = (data.draw(st.integers(1, 3)), data.draw(st.integers(1, 3)))
+    padding = (data.draw(st.integers(0, 2)), data.draw(st.integers(0, 2)))
+    dilation = (data.draw(st.integers(1, 2)), data.draw(st.integers(1, 2)))
+    # the padded input must hold the dilated kernel
+    h = data.draw(st.integers(max(1, dilation[0] * (kh - 1) + 1 - 2 * padding[0]), 9), label="h")
+    w_ = data.draw(st.integers(max(1, dilation[1] * (kw - 1) + 1 - 2 * padding[1]), 9), label="w")
+    signed = data.draw(st.booleans(), label="signed")
+    x = torch.randint(-128, 128, (2, h, w_, cin), dtype=torch.int8) if signed else \
+        torch.randint(0, 256, (2, h, w_, cin), dtype=torch.uint8)
+    zp = data.draw(st.integers(-128, 127) if signed else st.integers(0, 255), label="zp")
+    w = int8(cout, cin // groups, kh, kw, lo=-127)
+    wscale = torch.rand(cout) * 0.02 + 1e-3
+    y = ops.conv2d_int8(x, 0.02, zp, w, wscale, None, stride, padding, dilation, groups)
+    ref = R.conv2d_int8(x, 0.02, zp, w, wscale, None, stride, padding, dilation, groups)
+    assert y.shape == ref.shape
+    assert bool(((y - ref).abs() <= epilogue_tolerance(ref) + 1e-6).all())
