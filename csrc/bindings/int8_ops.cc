@@ -290,21 +290,16 @@ ConvShape conv_shape(const TensorArg& x, int64_t out_c, int64_t kh, int64_t kw, 
   return s;
 }
 
-// x: quantized NHWC int8/uint8; out: NHWC float32, int8 or uint8. Depthwise when dw_weight is given
-// (kernel_h x kernel_w x C int8) — packed is then unused and may be None.
-void conv2d(const py::capsule& x_cap, double x_scale, int64_t x_zero_point, const std::optional<py::capsule>& packed_cap,
-            const std::optional<py::capsule>& dw_weight_cap, const py::capsule& col_sums_cap,
-            const py::capsule& scale_cap, const std::optional<py::capsule>& bias_cap, const py::capsule& out_cap,
-            int64_t out_c, int64_t kernel_h, int64_t kernel_w, std::vector<int64_t> stride,
-            std::vector<int64_t> padding, std::vector<int64_t> dilation, int64_t groups, int activation,
-            double out_scale, int64_t out_zero_point, int threads) {
-  const TensorArg x = tensor_arg(x_cap, "x");
-  const bool x_u8 = x.t->dtype.code == dlpack::kUInt && x.t->dtype.bits == 8 && x.t->dtype.lanes == 1;
-  if (x.dtype() != DType::kInt8 && !x_u8) throw py::type_error("x must be int8 or uint8 NHWC; got " + x.dtype_name());
-  x.require_contiguous();
-  require_cpu(x);
-  const ConvShape s = conv_shape(x, out_c, kernel_h, kernel_w, stride, padding, dilation, groups);
-  if (x_zero_point < (x_u8 ? 0 : -128) || x_zero_point > (x_u8 ? 255 : 127))
+// The part of conv2d after the input checks: output, epilogue and weights; runs the driver on xq (int8 when
+// x_signed, else uint8). When `quantize_from` is given, xq is not read: the float input is quantized to int8
+// (x_scale, x_zero_point) by the driver first, with the GIL released.
+void conv2d_run(const TensorArg& x, const void* xq, bool x_signed, const float* quantize_from, const ConvShape& s,
+                double x_scale, int64_t x_zero_point, const std::optional<py::capsule>& packed_cap,
+                const std::optional<py::capsule>& dw_weight_cap, const py::capsule& col_sums_cap,
+                const py::capsule& scale_cap, const std::optional<py::capsule>& bias_cap, const py::capsule& out_cap,
+                int64_t out_c, int64_t kernel_h, int64_t kernel_w, int64_t groups, int activation, double out_scale,
+                int64_t out_zero_point, int threads) {
+  if (x_zero_point < (x_signed ? -128 : 0) || x_zero_point > (x_signed ? 127 : 255))
     throw py::value_error("x_zero_point must lie in the range of x's dtype; got " + std::to_string(x_zero_point));
   if (!(x_scale > 0.0)) throw py::value_error("x_scale must be > 0; got " + std::to_string(x_scale));
   const TensorArg out = tensor_arg(out_cap, "out");
@@ -328,6 +323,8 @@ void conv2d(const py::capsule& x_cap, double x_scale, int64_t x_zero_point, cons
     throw py::type_error("out must be float32, int8 or uint8; got " + out.dtype_name());
   }
   const int nt = threads_arg(threads);
+  const KernelTable& t = active_kernels();
+  const int64_t x_numel = s.batch * s.in_h * s.in_w * s.in_c;
   if (dw_weight_cap) {
     const TensorArg w = tensor_arg(*dw_weight_cap, "weight");
     w.require_dtype(DType::kInt8).require_contiguous();
@@ -336,8 +333,10 @@ void conv2d(const py::capsule& x_cap, double x_scale, int64_t x_zero_point, cons
     if (w.shape() != std::vector<int64_t>{kernel_h, kernel_w, s.in_c})
       throw py::value_error("depthwise weight must be (kernel_h, kernel_w, C); got " + w.shape_string());
     py::gil_scoped_release release;
-    depthwise_conv2d_nhwc(active_kernels(), x.data(), !x_u8, static_cast<int32_t>(x_zero_point), w.ptr<int8_t>(), s,
-                          e, out.data(), nt);
+    if (quantize_from)
+      xq = quantize_activations(t, quantize_from, x_numel, static_cast<float>(x_scale),
+                                static_cast<int32_t>(x_zero_point), nt);
+    depthwise_conv2d_nhwc(t, xq, x_signed, static_cast<int32_t>(x_zero_point), w.ptr<int8_t>(), s, e, out.data(), nt);
     return;
   }
   if (!packed_cap) throw py::value_error("packed weights are required for a non-depthwise convolution");
@@ -348,8 +347,48 @@ void conv2d(const py::capsule& x_cap, double x_scale, int64_t x_zero_point, cons
                           std::to_string(h.n_per_group * h.groups) + ", k=" + std::to_string(h.k) +
                           ") do not match this convolution");
   py::gil_scoped_release release;
-  conv2d_nhwc(active_kernels(), x.data(), !x_u8, static_cast<int32_t>(x_zero_point), packed_data(packed),
-              h.group_stride, s, e, out.data(), nt);
+  if (quantize_from)
+    xq = quantize_activations(t, quantize_from, x_numel, static_cast<float>(x_scale),
+                              static_cast<int32_t>(x_zero_point), nt);
+  conv2d_nhwc(t, xq, x_signed, static_cast<int32_t>(x_zero_point), packed_data(packed), h.group_stride, s, e,
+              out.data(), nt);
+}
+
+// x: quantized NHWC int8/uint8; out: NHWC float32, int8 or uint8. Depthwise when dw_weight is given
+// (kernel_h x kernel_w x C int8) — packed is then unused and may be None.
+void conv2d(const py::capsule& x_cap, double x_scale, int64_t x_zero_point, const std::optional<py::capsule>& packed_cap,
+            const std::optional<py::capsule>& dw_weight_cap, const py::capsule& col_sums_cap,
+            const py::capsule& scale_cap, const std::optional<py::capsule>& bias_cap, const py::capsule& out_cap,
+            int64_t out_c, int64_t kernel_h, int64_t kernel_w, std::vector<int64_t> stride,
+            std::vector<int64_t> padding, std::vector<int64_t> dilation, int64_t groups, int activation,
+            double out_scale, int64_t out_zero_point, int threads) {
+  const TensorArg x = tensor_arg(x_cap, "x");
+  const bool x_u8 = x.t->dtype.code == dlpack::kUInt && x.t->dtype.bits == 8 && x.t->dtype.lanes == 1;
+  if (x.dtype() != DType::kInt8 && !x_u8) throw py::type_error("x must be int8 or uint8 NHWC; got " + x.dtype_name());
+  x.require_contiguous();
+  require_cpu(x);
+  const ConvShape s = conv_shape(x, out_c, kernel_h, kernel_w, stride, padding, dilation, groups);
+  conv2d_run(x, x.data(), !x_u8, nullptr, s, x_scale, x_zero_point, packed_cap, dw_weight_cap, col_sums_cap,
+             scale_cap, bias_cap, out_cap, out_c, kernel_h, kernel_w, groups, activation, out_scale, out_zero_point,
+             threads);
+}
+
+// As conv2d, with float32 NHWC x quantized to int8 inside the call: q = clamp(round_half_even(x / x_scale) +
+// x_zero_point, -128, 127), the quantize op's result (one native call instead of two, and no int8 tensor).
+void conv2d_float_input(const py::capsule& x_cap, double x_scale, int64_t x_zero_point,
+                        const std::optional<py::capsule>& packed_cap, const std::optional<py::capsule>& dw_weight_cap,
+                        const py::capsule& col_sums_cap, const py::capsule& scale_cap,
+                        const std::optional<py::capsule>& bias_cap, const py::capsule& out_cap, int64_t out_c,
+                        int64_t kernel_h, int64_t kernel_w, std::vector<int64_t> stride, std::vector<int64_t> padding,
+                        std::vector<int64_t> dilation, int64_t groups, int activation, double out_scale,
+                        int64_t out_zero_point, int threads) {
+  const TensorArg x = tensor_arg(x_cap, "x");
+  x.require_dtype(DType::kFloat32).require_contiguous();
+  require_cpu(x);
+  const ConvShape s = conv_shape(x, out_c, kernel_h, kernel_w, stride, padding, dilation, groups);
+  conv2d_run(x, nullptr, true, x.ptr<float>(), s, x_scale, x_zero_point, packed_cap, dw_weight_cap, col_sums_cap,
+             scale_cap, bias_cap, out_cap, out_c, kernel_h, kernel_w, groups, activation, out_scale, out_zero_point,
+             threads);
 }
 
 }  // namespace
@@ -370,6 +409,11 @@ void register_int8_ops(py::module_& m) {
         py::arg("dw_weight"), py::arg("col_sums"), py::arg("weight_scale"), py::arg("bias"), py::arg("out"),
         py::arg("out_c"), py::arg("kernel_h"), py::arg("kernel_w"), py::arg("stride"), py::arg("padding"),
         py::arg("dilation"), py::arg("groups"), py::arg("activation"), py::arg("out_scale"),
+        py::arg("out_zero_point"), py::arg("threads"));
+  m.def("conv2d_int8_float_input", &conv2d_float_input, py::arg("x"), py::arg("x_scale"), py::arg("x_zero_point"),
+        py::arg("packed"), py::arg("dw_weight"), py::arg("col_sums"), py::arg("weight_scale"), py::arg("bias"),
+        py::arg("out"), py::arg("out_c"), py::arg("kernel_h"), py::arg("kernel_w"), py::arg("stride"),
+        py::arg("padding"), py::arg("dilation"), py::arg("groups"), py::arg("activation"), py::arg("out_scale"),
         py::arg("out_zero_point"), py::arg("threads"));
 }
 

@@ -21,7 +21,8 @@ namespace {
 
 constexpr int64_t kRowBlock = 128;     // rows of A per task
 constexpr int64_t kColBlock = 512;     // columns per task when there are enough row blocks
-constexpr int64_t kPixelBlock = 64;    // output pixels per im2col task
+constexpr int64_t kPixelBlock = 144;   // output pixels per im2col task (at most; see conv2d_nhwc)
+constexpr int64_t kDepthwisePixels = 256;  // output pixels per depthwise task (whole output rows)
 
 // min and max of a row (for asymmetric dynamic quantization), NaN-sticky. Uses only the baseline vector ISA
 // (SSE2 is part of x86-64, Advanced SIMD of aarch64), so it is safe in this ISA-independent file.
@@ -30,17 +31,37 @@ void row_min_max(const float* x, int64_t n, float* lo_out, float* hi_out) {
   float lo = 0.0f, hi = 0.0f;
   bool nan = false;
 #if defined(__SSE2__)
-  __m128 vlo = _mm_setzero_ps(), vhi = _mm_setzero_ps(), vnan = _mm_setzero_ps();
+  // Four independent accumulator sets: min/max have a 3-4 cycle latency, and one chain made this pass
+  // latency-bound (it cost more than the quantization that follows). _mm_min_ps(v, acc) returns acc when v
+  // is NaN, so NaN never enters the accumulators and is tracked by the unordered compare instead.
+  __m128 lo0 = _mm_setzero_ps(), lo1 = lo0, lo2 = lo0, lo3 = lo0;
+  __m128 hi0 = lo0, hi1 = lo0, hi2 = lo0, hi3 = lo0, nan0 = lo0, nan1 = lo0;
+  for (; i + 16 <= n; i += 16) {
+    const __m128 v0 = _mm_loadu_ps(x + i), v1 = _mm_loadu_ps(x + i + 4);
+    const __m128 v2 = _mm_loadu_ps(x + i + 8), v3 = _mm_loadu_ps(x + i + 12);
+    lo0 = _mm_min_ps(v0, lo0);
+    lo1 = _mm_min_ps(v1, lo1);
+    lo2 = _mm_min_ps(v2, lo2);
+    lo3 = _mm_min_ps(v3, lo3);
+    hi0 = _mm_max_ps(v0, hi0);
+    hi1 = _mm_max_ps(v1, hi1);
+    hi2 = _mm_max_ps(v2, hi2);
+    hi3 = _mm_max_ps(v3, hi3);
+    nan0 = _mm_or_ps(nan0, _mm_cmpunord_ps(v0, v1));
+    nan1 = _mm_or_ps(nan1, _mm_cmpunord_ps(v2, v3));
+  }
   for (; i + 4 <= n; i += 4) {
     const __m128 v = _mm_loadu_ps(x + i);
-    vlo = _mm_min_ps(vlo, v);
-    vhi = _mm_max_ps(vhi, v);
-    vnan = _mm_or_ps(vnan, _mm_cmpunord_ps(v, v));
+    lo0 = _mm_min_ps(v, lo0);
+    hi0 = _mm_max_ps(v, hi0);
+    nan0 = _mm_or_ps(nan0, _mm_cmpunord_ps(v, v));
   }
+  const __m128 vlo = _mm_min_ps(_mm_min_ps(lo0, lo1), _mm_min_ps(lo2, lo3));
+  const __m128 vhi = _mm_max_ps(_mm_max_ps(hi0, hi1), _mm_max_ps(hi2, hi3));
   alignas(16) float l[4], h[4];
   _mm_store_ps(l, vlo);
   _mm_store_ps(h, vhi);
-  nan = _mm_movemask_ps(vnan) != 0;
+  nan = _mm_movemask_ps(_mm_or_ps(nan0, nan1)) != 0;
   for (int j = 0; j < 4; ++j) {
     lo = l[j] < lo ? l[j] : lo;
     hi = h[j] > hi ? h[j] : hi;
@@ -54,6 +75,21 @@ void row_min_max(const float* x, int64_t n, float* lo_out, float* hi_out) {
   }
   *lo_out = nan ? std::nanf("") : lo;
   *hi_out = nan ? std::nanf("") : hi;
+}
+
+// Dynamic quantization parameters from a row's (or tensor's) statistics: symmetric -> zero point 0, scale
+// max|a| / 127; asymmetric -> [lo, hi] onto [-128, 127].
+inline void dynamic_params(bool symmetric, float lo, float hi, float* scale, int32_t* zero_point) {
+  if (symmetric) {
+    const float s = hi / 127.0f;
+    *scale = (s > 0.0f || std::isnan(s)) ? s : 1.0f;
+    *zero_point = 0;
+  } else {
+    const float s = (hi - lo) / 255.0f;
+    *scale = (s > 0.0f || std::isnan(s)) ? s : 1.0f;
+    const float z = std::isnan(s) ? 0.0f : -128.0f - std::nearbyint(lo / *scale);
+    *zero_point = static_cast<int32_t>(std::fmin(std::fmax(z, -128.0f), 127.0f));
+  }
 }
 
 inline int64_t round_up(int64_t v, int64_t m) { return (v + m - 1) / m * m; }
@@ -181,26 +217,61 @@ void apply_gemm_epilogue(const int32_t* acc, int64_t ldacc, int64_t rows, int64_
   }
 }
 
-void gemm(const KernelTable& k, const void* A, bool a_signed, int64_t lda, const void* packed, int64_t M,
-          int64_t N, int64_t K, const GemmEpilogue& e, void* out, int64_t ldo, int threads) {
-  if (M <= 0 || N <= 0) return;
-  const int64_t step = std::max<int64_t>(k.gemm_n_step, 1);
-  const int64_t row_blocks = ceil_div(M, kRowBlock);
+namespace {
+
+// Task grid of a GEMM: rows_per_task x cols_per_task blocks, in task order row-block-major.
+struct GemmGrid {
+  int64_t row_block, col_block, row_blocks, col_blocks;
+};
+
+// Blocks small enough to keep the accumulator block in L2 (kRowBlock x kColBlock int32 = 256 KiB), and, with
+// several threads, an even split: the task count is a multiple of the thread count where that costs no
+// tiny tasks (with two threads, 3 equal tasks leave one thread idle a third of the time). Row blocks are
+// whole multiples of kRowAlign rows (the micro-kernels' row tiles: a short edge tile per task is slow).
+GemmGrid gemm_grid(int64_t M, int64_t N, int64_t step, int threads) {
+  constexpr int64_t kRowAlign = 6;
+  GemmGrid g{};
+  int64_t row_blocks = ceil_div(M, kRowBlock);
   int64_t col_block = std::min(round_up(N, step), round_up(kColBlock, step));
-  if (row_blocks < threads) {
-    // Few rows (GEMV-like): split the columns so that every thread gets about two blocks.
-    const int64_t want = ceil_div(2 * threads, row_blocks);
-    col_block = std::min(col_block, round_up(ceil_div(N, want), step));
+  int64_t col_blocks = ceil_div(N, col_block);
+  if (threads > 1) {
+    if (row_blocks * col_blocks < 2 * threads && row_blocks < threads) {
+      // Few rows (GEMV-like): split the columns evenly, one block per thread (or two when N allows).
+      const int64_t steps = ceil_div(N, step);
+      const int64_t want = std::min<int64_t>(steps, threads * (steps >= 4 * threads ? 2 : 1));
+      col_block = ceil_div(steps, want) * step;
+      col_blocks = ceil_div(N, col_block);
+    } else if ((row_blocks * col_blocks) % threads != 0 && col_blocks == 1) {
+      row_blocks = round_up(row_blocks, threads);
+    }
   }
-  const int64_t col_blocks = ceil_div(N, col_block);
+  int64_t row_block = round_up(ceil_div(M, row_blocks), kRowAlign);
+  if (row_block > M) row_block = M;
+  g.row_block = row_block;
+  g.row_blocks = ceil_div(M, row_block);
+  g.col_block = col_block;
+  g.col_blocks = col_blocks;
+  return g;
+}
+
+// The GEMM tasks. prepare(m0, rows) runs at the start of every task, before its gemm_s32 reads rows
+// [m0, m0 + rows) of A (the dynamic path quantizes them there; it is used only with one column block, so that
+// each row block is prepared exactly once).
+template <typename Prepare>
+void gemm_tasks(const KernelTable& k, const void* A, bool a_signed, int64_t lda, const void* packed, int64_t M,
+                int64_t N, int64_t K, const GemmEpilogue& e, void* out, int64_t ldo, int threads,
+                const Prepare& prepare) {
+  const int64_t step = std::max<int64_t>(k.gemm_n_step, 1);
+  const GemmGrid grid = gemm_grid(M, N, step, threads);
   const auto* a_bytes = static_cast<const uint8_t*>(A);
   GemmEpilogue ek = e;
   ek.k = K;
-  parallel_for(row_blocks * col_blocks, threads, [&](int64_t task) {
-    const int64_t m0 = (task / col_blocks) * kRowBlock;
-    const int64_t rows = std::min(kRowBlock, M - m0);
-    const int64_t n0 = (task % col_blocks) * col_block;
-    const int64_t n1 = std::min(N, n0 + col_block);
+  parallel_for(grid.row_blocks * grid.col_blocks, threads, [&](int64_t task) {
+    const int64_t m0 = (task / grid.col_blocks) * grid.row_block;
+    const int64_t rows = std::min(grid.row_block, M - m0);
+    const int64_t n0 = (task % grid.col_blocks) * grid.col_block;
+    const int64_t n1 = std::min(N, n0 + grid.col_block);
+    prepare(m0, rows);
     const void* a = a_bytes + m0 * lda;
     if (e.kind == GemmEpilogue::kInt32) {
       k.gemm_s32(a, a_signed, lda, packed, rows, N, K, n0, n1, static_cast<int32_t*>(out) + m0 * ldo, ldo);
@@ -212,6 +283,14 @@ void gemm(const KernelTable& k, const void* A, bool a_signed, int64_t lda, const
   });
 }
 
+}  // namespace
+
+void gemm(const KernelTable& k, const void* A, bool a_signed, int64_t lda, const void* packed, int64_t M,
+          int64_t N, int64_t K, const GemmEpilogue& e, void* out, int64_t ldo, int threads) {
+  if (M <= 0 || N <= 0) return;
+  gemm_tasks(k, A, a_signed, lda, packed, M, N, K, e, out, ldo, threads, [](int64_t, int64_t) {});
+}
+
 void gemm_dynamic(const KernelTable& k, const float* A, int64_t lda, bool per_row, bool symmetric,
                   const void* packed, int64_t M, int64_t N, int64_t K, GemmEpilogue e, float* out, int64_t ldo,
                   int threads) {
@@ -219,13 +298,45 @@ void gemm_dynamic(const KernelTable& k, const float* A, int64_t lda, bool per_ro
   int8_t* q = thread_scratch_as<int8_t>(ScratchSlot::kQuantized, static_cast<size_t>(M * K));
   std::vector<float> scales(static_cast<size_t>(M));
   std::vector<int32_t> zero_points(static_cast<size_t>(M));
-  std::vector<float> lows(static_cast<size_t>(M)), highs(static_cast<size_t>(M));
-  // 1. per-row statistics
-  parallel_for(split_count(M * K, 1 << 16, threads), threads, [&](int64_t task) {
-    const int64_t tasks = split_count(M * K, 1 << 16, threads);
-    const int64_t r0 = M * task / tasks, r1 = M * (task + 1) / tasks;
+  e.kind = GemmEpilogue::kFloat32;
+  e.row_scales = scales.data();
+  e.row_zero_points = zero_points.data();
+  // Per row: statistics, parameters and quantization in one visit of the row (it is still in L1 when the
+  // quantize kernel reads it again). q = clamp(round(a / s) + zp) by the fake-quant table's quantize kernel.
+  auto quantize_rows = [&](int64_t r0, int64_t r1) {
     for (int64_t m = r0; m < r1; ++m) {
       const float* row = A + m * lda;
+      float lo = 0.0f, hi;
+      if (symmetric) {
+        hi = k.abs_max(row, K);
+      } else {
+        row_min_max(row, K, &lo, &hi);
+      }
+      dynamic_params(symmetric, lo, hi, &scales[m], &zero_points[m]);
+      k.quantize_int8(row, q + m * K, K, &scales[m], &zero_points[m], 0, -128, 127, RoundMode::kHalfToEven);
+    }
+  };
+  if (per_row) {
+    const GemmGrid grid = gemm_grid(M, N, std::max<int64_t>(k.gemm_n_step, 1), threads);
+    if (grid.col_blocks == 1) {
+      // Every row block belongs to exactly one task: quantize it inside that task, just before its GEMM, so
+      // the int8 rows are still in cache when the micro-kernel packs them.
+      gemm_tasks(k, q, true, K, packed, M, N, K, e, out, ldo, threads,
+                 [&](int64_t m0, int64_t rows) { quantize_rows(m0, m0 + rows); });
+      return;
+    }
+    const int64_t tasks = split_count(M * K, 1 << 16, threads);
+    parallel_for(tasks, threads, [&](int64_t task) { quantize_rows(M * task / tasks, M * (task + 1) / tasks); });
+    gemm(k, q, true, K, packed, M, N, K, e, out, ldo, threads);
+    return;
+  }
+  // Per tensor: statistics of every row, then one set of parameters, then quantization.
+  std::vector<float> lows(static_cast<size_t>(M)), highs(static_cast<size_t>(M));
+  const int64_t tasks = split_count(M * K, 1 << 16, threads);
+  parallel_for(tasks, threads, [&](int64_t task) {
+    for (int64_t m = M * task / tasks, r1 = M * (task + 1) / tasks; m < r1; ++m) {
+      const float* row = A + m * lda;
+      lows[m] = 0.0f;
       if (symmetric) {
         highs[m] = k.abs_max(row, K);
       } else {
@@ -233,43 +344,35 @@ void gemm_dynamic(const KernelTable& k, const float* A, int64_t lda, bool per_ro
       }
     }
   });
-  if (!per_row) {
-    float lo = 0.0f, hi = 0.0f;
-    bool nan = false;
-    for (int64_t m = 0; m < M; ++m) {
-      nan = nan || std::isnan(highs[m]) || (!symmetric && std::isnan(lows[m]));
-      hi = std::fmax(hi, highs[m]);
-      if (!symmetric) lo = std::fmin(lo, lows[m]);
-    }
-    if (nan) hi = std::nanf("");
-    std::fill(highs.begin(), highs.end(), hi);
-    std::fill(lows.begin(), lows.end(), lo);
-  }
-  // 2. parameters: symmetric -> zero point 0, scale max|a| / 127; asymmetric -> [lo, hi] onto [-128, 127]
+  float lo = 0.0f, hi = 0.0f;
+  bool nan = false;
   for (int64_t m = 0; m < M; ++m) {
-    if (symmetric) {
-      const float s = highs[m] / 127.0f;
-      scales[m] = (s > 0.0f || std::isnan(s)) ? s : 1.0f;
-      zero_points[m] = 0;
-    } else {
-      const float s = (highs[m] - lows[m]) / 255.0f;
-      scales[m] = (s > 0.0f || std::isnan(s)) ? s : 1.0f;
-      const float z = std::isnan(s) ? 0.0f : -128.0f - std::nearbyint(lows[m] / scales[m]);
-      zero_points[m] = static_cast<int32_t>(std::fmin(std::fmax(z, -128.0f), 127.0f));
-    }
+    nan = nan || std::isnan(highs[m]) || (!symmetric && std::isnan(lows[m]));
+    hi = std::fmax(hi, highs[m]);
+    if (!symmetric) lo = std::fmin(lo, lows[m]);
   }
-  // 3. quantize rows (the fake-quant table's quantize kernel: q = clamp(round(a / s) + zp))
-  parallel_for(split_count(M * K, 1 << 16, threads), threads, [&](int64_t task) {
-    const int64_t tasks = split_count(M * K, 1 << 16, threads);
-    const int64_t r0 = M * task / tasks, r1 = M * (task + 1) / tasks;
-    for (int64_t m = r0; m < r1; ++m)
-      k.quantize_int8(A + m * lda, q + m * K, K, &scales[m], &zero_points[m], 0, -128, 127,
-                      RoundMode::kHalfToEven);
+  if (nan) hi = std::nanf("");
+  float scale;
+  int32_t zp;
+  dynamic_params(symmetric, lo, hi, &scale, &zp);
+  std::fill(scales.begin(), scales.end(), scale);
+  std::fill(zero_points.begin(), zero_points.end(), zp);
+  parallel_for(tasks, threads, [&](int64_t task) {
+    for (int64_t m = M * task / tasks, r1 = M * (task + 1) / tasks; m < r1; ++m)
+      k.quantize_int8(A + m * lda, q + m * K, K, &scale, &zp, 0, -128, 127, RoundMode::kHalfToEven);
   });
-  e.kind = GemmEpilogue::kFloat32;
-  e.row_scales = scales.data();
-  e.row_zero_points = zero_points.data();
   gemm(k, q, true, K, packed, M, N, K, e, out, ldo, threads);
+}
+
+const int8_t* quantize_activations(const KernelTable& k, const float* x, int64_t n, float scale, int32_t zero_point,
+                                  int threads) {
+  int8_t* q = thread_scratch_as<int8_t>(ScratchSlot::kQuantized, static_cast<size_t>(n > 0 ? n : 1));
+  const int64_t tasks = split_count(n, 1 << 16, threads);
+  parallel_for(tasks, threads, [&](int64_t task) {
+    const int64_t i0 = n * task / tasks, i1 = n * (task + 1) / tasks;
+    k.quantize_int8(x + i0, q + i0, i1 - i0, &scale, &zero_point, 0, -128, 127, RoundMode::kHalfToEven);
+  });
+  return q;
 }
 
 void conv2d_nhwc(const KernelTable& k, const void* x, bool x_signed, int32_t pad_value, const void* packed,
@@ -289,21 +392,39 @@ void conv2d_nhwc(const KernelTable& k, const void* x, bool x_signed, int32_t pad
     return;
   }
   const auto pad_byte = static_cast<uint8_t>(pad_value & 0xff);
-  const int64_t pixel_blocks = ceil_div(pixels, kPixelBlock);
+  // Pixel blocks: whole row tiles (multiples of 6), about kPixelBlock pixels, so that a task's im2col block
+  // (rows x kg bytes), its packed copy and its accumulator block stay in L2, with enough rows per task that
+  // the per-task costs (packing, the first and last tiles) stay small; then an even count per thread.
+  const int64_t target = std::max<int64_t>(6, std::min<int64_t>(kPixelBlock, (96 << 10) / std::max<int64_t>(kg, 1)));
+  int64_t pixel_blocks = ceil_div(pixels, target);
+  if (threads > 1 && (pixel_blocks * groups) % threads != 0) pixel_blocks = round_up(pixel_blocks, threads);
+  const int64_t pixel_block = std::min(pixels, round_up(ceil_div(pixels, pixel_blocks), 6));
+  pixel_blocks = ceil_div(pixels, pixel_block);
+  // The kernel_w taps of one kernel row are one contiguous run of the NHWC input when they are adjacent
+  // pixels (dilation 1) and every channel is used (one group): one copy instead of kernel_w.
+  const bool row_runs = groups == 1 && s.dilation_w == 1;
   parallel_for(pixel_blocks * groups, threads, [&](int64_t task) {
     const int64_t g = task % groups;
-    const int64_t p0 = (task / groups) * kPixelBlock;
-    const int64_t rows = std::min(kPixelBlock, pixels - p0);
+    const int64_t p0 = (task / groups) * pixel_block;
+    const int64_t rows = std::min(pixel_block, pixels - p0);
     uint8_t* a = thread_scratch_as<uint8_t>(ScratchSlot::kIm2col, static_cast<size_t>(rows * kg));
     for (int64_t r = 0; r < rows; ++r) {
       const int64_t p = p0 + r;
       const int64_t b = p / (s.out_h * s.out_w), oh = (p / s.out_w) % s.out_h, ow = p % s.out_w;
       uint8_t* dst = a + r * kg;
+      const int64_t iw0 = ow * s.stride_w - s.pad_w;
+      const bool w_inside = iw0 >= 0 && iw0 + (s.kernel_w - 1) * s.dilation_w < s.in_w;
       for (int64_t i = 0; i < s.kernel_h; ++i) {
         const int64_t ih = oh * s.stride_h - s.pad_h + i * s.dilation_h;
+        const bool row_in = ih >= 0 && ih < s.in_h;
+        if (row_runs && row_in && w_inside) {
+          std::memcpy(dst, xb + ((b * s.in_h + ih) * s.in_w + iw0) * s.in_c, static_cast<size_t>(s.kernel_w * cin_g));
+          dst += s.kernel_w * cin_g;
+          continue;
+        }
         for (int64_t j = 0; j < s.kernel_w; ++j, dst += cin_g) {
-          const int64_t iw = ow * s.stride_w - s.pad_w + j * s.dilation_w;
-          if (ih >= 0 && ih < s.in_h && iw >= 0 && iw < s.in_w) {
+          const int64_t iw = iw0 + j * s.dilation_w;
+          if (row_in && iw >= 0 && iw < s.in_w) {
             std::memcpy(dst, xb + ((b * s.in_h + ih) * s.in_w + iw) * s.in_c + g * cin_g, static_cast<size_t>(cin_g));
           } else {
             std::memset(dst, pad_byte, static_cast<size_t>(cin_g));
@@ -327,7 +448,7 @@ void depthwise_conv2d_nhwc(const KernelTable& k, const void* x, bool x_signed, i
   DepthwiseShape d{s.batch, s.in_h, s.in_w, s.in_c, s.kernel_h, s.kernel_w, s.out_h, s.out_w,
                    s.stride_h, s.stride_w, s.pad_h, s.pad_w, s.dilation_h, s.dilation_w};
   const int64_t row_elems = s.out_w * s.out_c;
-  const int64_t rows_per_task = std::max<int64_t>(1, (kPixelBlock * 4) / std::max<int64_t>(s.out_w, 1));
+  const int64_t rows_per_task = std::max<int64_t>(1, kDepthwisePixels / std::max<int64_t>(s.out_w, 1));
   const int64_t tasks = ceil_div(rows, rows_per_task);
   parallel_for(tasks, threads, [&](int64_t task) {
     const int64_t r0 = task * rows_per_task, r1 = std::min(rows, r0 + rows_per_task);

@@ -20,6 +20,31 @@ def _opt(t: Optional[Tensor]):
     return None if t is None else capsule(t)
 
 
+_function_mode_enabled = getattr(torch._C, "_is_torch_function_mode_enabled", lambda: True)
+
+
+def direct_call_ok(*tensors: Optional[Tensor]) -> bool:
+    """True when an int8 op may run its implementation directly instead of through the custom-op dispatcher.
+
+    The dispatcher costs ~15 us per call, as much as a small convolution's arithmetic. Skipping it changes
+    nothing observable when no one could see the difference: not while torch.compile / export traces, not
+    under a torch function or dispatch mode (FakeTensorMode, FlopCounterMode, ...), and only for plain CPU
+    tensors that do not require grad (these ops have no autograd formula).
+    """
+    if torch.compiler.is_compiling() or _function_mode_enabled() or _dispatch_mode() is not None:
+        return False
+    for t in tensors:
+        if t is not None and (type(t) is not Tensor or t.requires_grad):
+            return False
+    return True
+
+
+def _dispatch_mode():
+    from torch.utils._python_dispatch import _get_current_dispatch_mode
+
+    return _get_current_dispatch_mode()
+
+
 @torch.library.custom_op("pyslim::pack_int8_weight", mutates_args=())
 def pack_int8_weight_op(weight: Tensor, groups: int) -> Tuple[Tensor, Tensor]:
     n, k = weight.shape
@@ -36,15 +61,31 @@ def _(weight, groups):
             weight.new_empty(n, dtype=torch.int32))
 
 
-@torch.library.custom_op("pyslim::linear_int8_dynamic", mutates_args=())
-def linear_int8_dynamic_op(x: Tensor, packed: Tensor, col_sums: Tensor, weight_scale: Tensor, bias: Optional[Tensor],
-                           out_features: int, per_row: bool, symmetric: bool, activation: int) -> Tensor:
+def _linear_int8_dynamic(x: Tensor, packed: Tensor, col_sums: Tensor, weight_scale: Tensor, bias: Optional[Tensor],
+                         out_features: int, per_row: bool, symmetric: bool, activation: int) -> Tensor:
     k = x.shape[-1]
     x2 = x.reshape(-1, k).contiguous()
     out = torch.empty(x2.shape[0], out_features, dtype=torch.float32)
     _C.linear_int8_dynamic(capsule(x2), capsule(packed), capsule(col_sums), capsule(weight_scale), _opt(bias),
                            capsule(out), per_row, symmetric, activation, get_num_threads())
     return out.reshape(*x.shape[:-1], out_features)
+
+
+@torch.library.custom_op("pyslim::linear_int8_dynamic", mutates_args=())
+def linear_int8_dynamic_op(x: Tensor, packed: Tensor, col_sums: Tensor, weight_scale: Tensor, bias: Optional[Tensor],
+                           out_features: int, per_row: bool, symmetric: bool, activation: int) -> Tensor:
+    return _linear_int8_dynamic(x, packed, col_sums, weight_scale, bias, out_features, per_row, symmetric,
+                                activation)
+
+
+def linear_int8_dynamic(x: Tensor, packed: Tensor, col_sums: Tensor, weight_scale: Tensor, bias: Optional[Tensor],
+                        out_features: int, per_row: bool, symmetric: bool, activation: int) -> Tensor:
+    """linear_int8_dynamic_op, called directly where direct_call_ok allows (same result)."""
+    if direct_call_ok(x, packed, col_sums, weight_scale, bias):
+        return _linear_int8_dynamic(x, packed, col_sums, weight_scale, bias, out_features, per_row, symmetric,
+                                    activation)
+    return linear_int8_dynamic_op(x, packed, col_sums, weight_scale, bias, out_features, per_row, symmetric,
+                                  activation)
 
 
 @linear_int8_dynamic_op.register_fake
@@ -98,3 +139,49 @@ def _(x, x_scale, x_zero_point, packed, dw_weight, col_sums, weight_scale, bias,
     n, h, w, _ = x.shape
     oh, ow = _conv_out_hw(h, w, (kernel_h, kernel_w), stride, padding, dilation)
     return x.new_empty(n, oh, ow, out_channels, dtype=torch.float32)
+
+
+def _conv2d_int8_float_input(x: Tensor, x_scale: float, x_zero_point: int, packed: Optional[Tensor],
+                             dw_weight: Optional[Tensor], col_sums: Tensor, weight_scale: Tensor, bias: Optional[Tensor],
+                             out_channels: int, kernel_h: int, kernel_w: int, stride: List[int], padding: List[int],
+                             dilation: List[int], groups: int, activation: int) -> Tensor:
+    n, h, w, _ = x.shape
+    oh, ow = _conv_out_hw(h, w, (kernel_h, kernel_w), stride, padding, dilation)
+    out = torch.empty(n, max(oh, 0), max(ow, 0), out_channels, dtype=torch.float32)
+    _C.conv2d_int8_float_input(capsule(x.contiguous()), x_scale, x_zero_point, _opt(packed), _opt(dw_weight),
+                               capsule(col_sums), capsule(weight_scale), _opt(bias), capsule(out), out_channels,
+                               kernel_h, kernel_w, list(stride), list(padding), list(dilation), groups, activation,
+                               1.0, 0, get_num_threads())
+    return out
+
+
+@torch.library.custom_op("pyslim::conv2d_int8_float_input", mutates_args=())
+def conv2d_int8_float_input_op(x: Tensor, x_scale: float, x_zero_point: int, packed: Optional[Tensor],
+                               dw_weight: Optional[Tensor], col_sums: Tensor, weight_scale: Tensor,
+                               bias: Optional[Tensor], out_channels: int, kernel_h: int, kernel_w: int,
+                               stride: List[int], padding: List[int], dilation: List[int], groups: int,
+                               activation: int) -> Tensor:
+    """As conv2d_int8_op, with x float32 NHWC, quantized to int8 (x_scale, x_zero_point; half-to-even, the
+    quantize op's result) inside the same native call. Returns float32 NHWC."""
+    return _conv2d_int8_float_input(x, x_scale, x_zero_point, packed, dw_weight, col_sums, weight_scale, bias,
+                                    out_channels, kernel_h, kernel_w, stride, padding, dilation, groups, activation)
+
+
+@conv2d_int8_float_input_op.register_fake
+def _(x, x_scale, x_zero_point, packed, dw_weight, col_sums, weight_scale, bias, out_channels, kernel_h, kernel_w,
+      stride, padding, dilation, groups, activation):
+    n, h, w, _ = x.shape
+    oh, ow = _conv_out_hw(h, w, (kernel_h, kernel_w), stride, padding, dilation)
+    return x.new_empty(n, oh, ow, out_channels, dtype=torch.float32)
+
+
+def conv2d_int8_float_input(x: Tensor, x_scale: float, x_zero_point: int, packed: Optional[Tensor],
+                            dw_weight: Optional[Tensor], col_sums: Tensor, weight_scale: Tensor, bias: Optional[Tensor],
+                            out_channels: int, kernel_h: int, kernel_w: int, stride: List[int], padding: List[int],
+                            dilation: List[int], groups: int, activation: int) -> Tensor:
+    """conv2d_int8_float_input_op, called directly where direct_call_ok allows (same result)."""
+    args = (x, x_scale, x_zero_point, packed, dw_weight, col_sums, weight_scale, bias, out_channels, kernel_h,
+            kernel_w, stride, padding, dilation, groups, activation)
+    if direct_call_ok(x, packed, dw_weight, col_sums, weight_scale, bias):
+        return _conv2d_int8_float_input(*args)
+    return conv2d_int8_float_input_op(*args)

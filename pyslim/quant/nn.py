@@ -151,8 +151,8 @@ class Int8Linear(_Int8Base):
         self._ensure_packed()
         act = I.ACTIVATIONS[self.fused_activation]
         if self.dynamic:
-            return I.linear_int8_dynamic_op(x, self._packed, self._col_sums, self.weight_scale, self.bias,
-                                            self.out_features, self.per_row, self.symmetric, act)
+            return I.linear_int8_dynamic(x, self._packed, self._col_sums, self.weight_scale, self.bias,
+                                         self.out_features, self.per_row, self.symmetric, act)
         xq = quantize(x, self.act_scale, self.act_zero_point, dtype=torch.int8)
         return I.gemm_int8_op(xq, float(self.act_scale), int(self.act_zero_point), self._packed, self._col_sums,
                               self.weight_scale, self.bias, self.out_features, I.OUT_DTYPES[torch.float32], act, 1.0,
@@ -236,12 +236,14 @@ class Int8Conv2d(_Int8Base):
             zp = int(min(max(-128 - round(lo / scale), -128), 127))
         else:
             scale, zp = float(self.act_scale), int(self.act_zero_point)
-        xq = quantize(nhwc.contiguous(), scale, zp, dtype=torch.int8)
+        # Quantized inside the native call (the quantize op's rounding and clamp), NHWC: a view of a
+        # channels_last x, a copy otherwise.
         act = I.ACTIVATIONS[self.fused_activation]
-        out = I.conv2d_int8_op(xq, scale, zp, None if self.depthwise else self._packed,
-                               self._dw_weight if self.depthwise else None, self._col_sums, self.weight_scale,
-                               self.bias, self.out_channels, self.kernel_size[0], self.kernel_size[1],
-                               list(self.stride), list(self.padding), list(self.dilation), self.groups, act)
+        out = I.conv2d_int8_float_input(nhwc.contiguous(), scale, zp, None if self.depthwise else self._packed,
+                                        self._dw_weight if self.depthwise else None, self._col_sums,
+                                        self.weight_scale, self.bias, self.out_channels, self.kernel_size[0],
+                                        self.kernel_size[1], list(self.stride), list(self.padding),
+                                        list(self.dilation), self.groups, act)
         return out.permute(0, 3, 1, 2)
 
     def extra_repr(self) -> str:

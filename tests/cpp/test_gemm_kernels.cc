@@ -153,6 +153,18 @@ TEST(GemmKernels, LargeShapesMatchReference) {
       for (bool sg : {false, true}) check_gemm(isa, GemmCase(s[0], s[1], s[2], sg, seed++), "large");
 }
 
+TEST(GemmKernels, KBlockSplitsMatchReference) {
+  // The K-blocking rules of the fast paths: a K just above one block taken whole (576, 640 = 160 groups of 4),
+  // one group more than that split in balanced blocks (644, 1028), rows past the A block that a deeper K block
+  // shrinks (200 > 150), and one row tile over a K of several blocks taken in one run (M <= 6, K = 8195).
+  const int64_t shapes[][3] = {{200, 64, 576}, {151, 65, 640}, {200, 66, 644}, {13, 64, 1028},
+                               {6, 70, 8195},  {1, 129, 8195}, {7, 64, 8195}, {155, 17, 577}};
+  uint32_t seed = 3000;
+  for (Isa isa : usable_isas())
+    for (const auto& s : shapes)
+      for (bool sg : {false, true}) check_gemm(isa, GemmCase(s[0], s[1], s[2], sg, seed++), "k-blocks");
+}
+
 TEST(GemmKernels, ExtremeValuesAreExact) {
   // The saturation hazard: u8 x s8 pairs of 255 * -128 (or int8 -128 * -128) overflow int16 intermediates.
   const Fill fills[] = {Fill::kMax, Fill::kMin, Fill::kAlternate};

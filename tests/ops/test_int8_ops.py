@@ -127,6 +127,85 @@ def test_conv_matches_exact_reference(isa, threads, cfg):
     assert bool(((y - ref).abs() <= epilogue_tolerance(ref, bias) + 1e-6).all())
 
 
+LARGE_CONVS = [
+    # Many pixels: several pixel blocks per call, a partial last block, padding on every side.
+    (16, 24, (3, 3), (1, 1), (1, 1), (1, 1), 1, 29, 31),
+    (64, 64, (3, 3), (1, 1), (1, 1), (1, 1), 1, 20, 19),     # K = 576: one K block, A read in place
+    (6, 10, (3, 3), (2, 1), (1, 1), (1, 2), 2, 25, 23),      # grouped, dilated along W
+    (24, 24, (3, 3), (1, 1), (1, 1), (1, 1), 24, 30, 17),    # depthwise, several row tasks
+]
+
+
+@pytest.mark.parametrize("cfg", LARGE_CONVS, ids=str)
+def test_large_conv_matches_exact_reference(isa, threads, cfg):
+    cin, cout, kernel, stride, padding, dilation, groups, h, w_ = cfg
+    x = torch.randint(-128, 128, (2, h, w_, cin), dtype=torch.int8)
+    w = int8(cout, cin // groups, *kernel, lo=-127)
+    wscale = torch.rand(cout) * 0.02 + 1e-3
+    bias = torch.randn(cout)
+    x_scale, x_zp = 0.03, 5
+    depthwise = groups == cin == cout and groups > 1
+    if depthwise:
+        packed, dw = None, w[:, 0].permute(1, 2, 0).contiguous()
+        col_sums = w.sum(dim=(1, 2, 3), dtype=torch.int32)
+    else:
+        packed, col_sums = ops.pack_int8_weight(w.permute(0, 2, 3, 1).reshape(cout, -1).contiguous(), groups)
+        dw = None
+    y = I.conv2d_int8_op(x, x_scale, x_zp, packed, dw, col_sums, wscale, bias, cout, kernel[0], kernel[1],
+                         list(stride), list(padding), list(dilation), groups, 0)
+    ref = R.conv2d_int8(x, x_scale, x_zp, w, wscale, bias, stride, padding, dilation, groups)
+    assert y.shape == ref.shape
+    assert bool(((y - ref).abs() <= epilogue_tolerance(ref, bias) + 1e-6).all())
+
+
+@pytest.mark.parametrize("cfg", CONVS + LARGE_CONVS, ids=str)
+def test_conv_float_input_is_quantize_then_conv(isa, threads, cfg):
+    # The fused input quantization must give exactly the quantize op's int8 tensor: the outputs are then
+    # bit-identical (the same int32 accumulators through the same epilogue), NaN and out-of-range values included.
+    cin, cout, kernel, stride, padding, dilation, groups, h, w_ = cfg
+    x = torch.randn(2, h, w_, cin) * 3
+    x.view(-1)[::97] = float("nan")
+    x.view(-1)[5::89] = 1e6
+    w = int8(cout, cin // groups, *kernel, lo=-127)
+    wscale = torch.rand(cout) * 0.02 + 1e-3
+    bias = torch.randn(cout)
+    x_scale, x_zp = 0.021, -3
+    depthwise = groups == cin == cout and groups > 1
+    if depthwise:
+        packed, dw = None, w[:, 0].permute(1, 2, 0).contiguous()
+        col_sums = w.sum(dim=(1, 2, 3), dtype=torch.int32)
+    else:
+        packed, col_sums = ops.pack_int8_weight(w.permute(0, 2, 3, 1).reshape(cout, -1).contiguous(), groups)
+        dw = None
+    args = (packed, dw, col_sums, wscale, bias, cout, kernel[0], kernel[1], list(stride), list(padding),
+            list(dilation), groups, 1)
+    want = I.conv2d_int8_op(ops.quantize(x, x_scale, x_zp, dtype=torch.int8), x_scale, x_zp, *args)
+    got_op = I.conv2d_int8_float_input_op(x, x_scale, x_zp, *args)
+    got_direct = I.conv2d_int8_float_input(x, x_scale, x_zp, *args)
+    assert torch.equal(got_op, want)
+    assert torch.equal(got_direct, want)
+
+
+def test_direct_calls_match_the_ops_and_step_aside_when_needed():
+    w = int8(24, 40)
+    packed, col_sums = ops.pack_int8_weight(w)
+    wscale, bias = torch.rand(24) + 0.1, torch.randn(24)
+    x = torch.randn(5, 40)
+    args = (packed, col_sums, wscale, bias, 24, True, False, 0)
+    assert I.direct_call_ok(x, packed)
+    assert torch.equal(I.linear_int8_dynamic(x, *args), I.linear_int8_dynamic_op(x, *args))
+    assert not I.direct_call_ok(x.clone().requires_grad_(), packed)
+    from torch.overrides import TorchFunctionMode
+
+    with TorchFunctionMode():
+        assert not I.direct_call_ok(x, packed)
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    with FakeTensorMode():
+        fx = torch.empty(5, 40)
+        assert not I.direct_call_ok(fx, packed)
+
+
 def test_packed_weights_refuse_another_path():
     usable = pyslim.native_info()["usable_isas"]
     if len(usable) < 2:
@@ -176,6 +255,9 @@ def test_int8_ops_opcheck():
     cpacked, ccols = ops.pack_int8_weight(int8(6, 36), 1)
     torch.library.opcheck(I.conv2d_int8_op, (x, 0.1, 0, cpacked, None, ccols, torch.rand(6) + 0.1, None, 6, 3, 3,
                                              [1, 1], [1, 1], [1, 1], 1, 0))
+    torch.library.opcheck(I.conv2d_int8_float_input_op, (torch.randn(1, 5, 5, 4), 0.1, 0, cpacked, None, ccols,
+                                                         torch.rand(6) + 0.1, None, 6, 3, 3, [1, 1], [1, 1], [1, 1],
+                                                         1, 0))
 
 
 @HYP

@@ -54,6 +54,13 @@ void gemm_dynamic(const KernelTable& k, const float* A, int64_t lda, bool per_ro
                   const void* packed, int64_t M, int64_t N, int64_t K, GemmEpilogue e, float* out, int64_t ldo,
                   int threads);
 
+// q = clamp(round_half_even(x / scale) + zero_point, -128, 127) for n floats (the quantize op's result), into
+// the calling thread's ScratchSlot::kQuantized buffer: valid until the next call that uses that slot on
+// this thread (gemm_dynamic or this function). The convolution drivers do not use it, so the result can be
+// passed straight to conv2d_nhwc / depthwise_conv2d_nhwc.
+const int8_t* quantize_activations(const KernelTable& k, const float* x, int64_t n, float scale, int32_t zero_point,
+                                  int threads);
+
 // 2-D convolution over NHWC activations, any stride / padding / dilation / groups.
 struct ConvShape {
   int64_t batch, in_h, in_w, in_c;

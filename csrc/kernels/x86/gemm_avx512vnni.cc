@@ -16,6 +16,9 @@
 //     into a stack scratch per K block (flipped for int8, zero-padded past K, laid out [group][row] so the
 //     micro-kernel broadcasts consecutive 32-bit words). The first K block starts from the bias, the later
 //     ones add onto the C tile (C is the accumulator between K blocks; only the requested block is touched).
+//     K blocks are balanced (576 is one block of 144 groups, not 512 + 64; up to kKCgMax groups stay whole), and
+//     an M of one row tile takes K in one run. With K % 4 == 0 and short rows (lda <= 1024) the micro-kernel
+//     broadcasts A words in place (xor 0x80808080 on the fly for int8) and the copy is skipped.
 //
 // Packed W layout (this file's private format; 64-byte aligned buffer):
 //   int32 bias[Np]                         Np = N rounded up to 64; bias[n] = -128 * sum_k W[n][k], 0 past N
@@ -41,6 +44,8 @@ namespace {
 constexpr int64_t kMR = 6;     // rows per micro-tile
 constexpr int64_t kNR = 64;    // columns per micro-tile (4 zmm of 16 int32)
 constexpr int64_t kKCg = 128;  // groups of 4 k per K block (512 k)
+constexpr int64_t kDirectMaxLda = 1024;  // read A in place when K % 4 == 0 and lda <= this (see gemm)
+constexpr int64_t kKCgMax = 160;  // a K of up to this many groups is one block (see gemm below)
 constexpr int64_t kMC = 192;   // rows per A block (multiple of kMR)
 static_assert(kMC % kMR == 0, "the A block holds whole row tiles");
 
@@ -113,9 +118,13 @@ inline __m512i dpbusd(__m512i acc, __m512i a_u8, __m512i w_s8) {
   return acc;
 }
 #define PYSLIM_VNNI_ROWS(X) X(0) X(1) X(2) X(3) X(4) X(5)
-template <int R>
-__attribute__((noinline)) void micro_kernel(const uint32_t* ap, const int8_t* wp, int64_t kg, int32_t* C, int64_t ldc, const int32_t* bias,
-                  bool first, int64_t cols) {
+// A is read as 32-bit words at a + r * row_stride + g * group_stride (bytes): the packed block (4, 4 * kMR)
+// or the caller's matrix itself (lda, 4). kFlip: xor each broadcast word with 0x80808080 (int8 A read in
+// place; the packed block is flipped already).
+template <int R, bool kFlip>
+__attribute__((noinline)) void micro_kernel(const uint8_t* a_base, int64_t row_stride, int64_t group_stride,
+                                            const int8_t* wp, int64_t kg, int32_t* C, int64_t ldc,
+                                            const int32_t* bias, bool first, int64_t cols) {
   static_assert(R >= 1 && R <= kMR, "row count");
   __mmask16 m0, m1, m2, m3;
   {
@@ -156,16 +165,21 @@ __attribute__((noinline)) void micro_kernel(const uint32_t* ap, const int8_t* wp
     PYSLIM_VNNI_ROWS(PYSLIM_LOAD)
 #undef PYSLIM_LOAD
   }
+  const __m512i flip = _mm512_set1_epi32(static_cast<int>(0x80808080u));
+  (void)flip;
   for (int64_t g = 0; g < kg; ++g) {
     const int8_t* w = wp + g * kNR * 4;
     const __m512i w0 = _mm512_load_si512(w);
     const __m512i w1 = _mm512_load_si512(w + 64);
     const __m512i w2 = _mm512_load_si512(w + 128);
     const __m512i w3 = _mm512_load_si512(w + 192);
-    const uint32_t* a = ap + g * kMR;
+    const uint8_t* a = a_base + g * group_stride;
 #define PYSLIM_STEP(r)                                                   \
   if constexpr (R > r) {                                                 \
-    const __m512i av = _mm512_set1_epi32(static_cast<int>(a[r]));        \
+    int32_t word;                                                        \
+    std::memcpy(&word, a + r * row_stride, 4);                           \
+    __m512i av = _mm512_set1_epi32(word);                                \
+    if constexpr (kFlip) av = _mm512_xor_si512(av, flip);                \
     c##r##0 = dpbusd(c##r##0, av, w0);                      \
     c##r##1 = dpbusd(c##r##1, av, w1);                      \
     c##r##2 = dpbusd(c##r##2, av, w2);                      \
@@ -193,26 +207,59 @@ void gemm(const uint8_t* A, int64_t lda, const void* packed, int64_t M, int64_t 
   const int32_t* bias = kSigned ? static_cast<const int32_t*>(packed) : nullptr;
   const int8_t* panels = static_cast<const int8_t*>(packed) + np * 4;
   alignas(64) uint32_t ap[kMC * kKCg];
-  for (int64_t m0 = 0; m0 < M; m0 += kMC) {
-    const int64_t mc = min64(kMC, M - m0);
-    for (int64_t g0 = 0; g0 < k4; g0 += kKCg) {
-      const int64_t kg = min64(kKCg, k4 - g0);
-      pack_a<kSigned>(A + m0 * lda, lda, mc, K, g0, kg, ap);
+  // K blocking. A block of at most one row tile gains nothing from K blocks (W is read once either way):
+  // take as much of K as the A scratch holds, so W streams as one run per panel. Otherwise blocks of at most
+  // kKCg groups, balanced (576 = 512 + 64 would spend a whole C-tile reload on 64 k), and a K just above one
+  // block (up to kKCgMax groups, a 40 KiB W sub-panel: still inside L1) is taken whole.
+  int64_t kc;
+  if (M <= kMR) {
+    kc = min64(k4, kMC * kKCg / kMR);
+  } else if (k4 <= kKCgMax) {
+    kc = k4;
+  } else {
+    const int64_t blocks = (k4 + kKCg - 1) / kKCg;
+    kc = (k4 + blocks - 1) / blocks;
+  }
+  // With K a multiple of 4 every 32-bit word of A lies inside its row: the micro-kernel can broadcast it from A
+  // in place (flipping int8 on the fly), and the copy into the packed block is skipped (it cost ~15% at
+  // 3136 x 64 x 576). Only for short rows: six rows 4 KiB apart share L1 sets with each other and with the W
+  // panel (measured 2.5x slower at lda = 4096), while the packed block is contiguous.
+  const bool direct = K % 4 == 0 && lda <= kDirectMaxLda;
+  // Rows per A block: as many whole row tiles as the scratch holds at this block depth (kMC at kKCg).
+  const int64_t mc_max = min64(kMC, (kMC * kKCg / kc) / kMR * kMR);
+  for (int64_t m0 = 0; m0 < M; m0 += mc_max) {
+    const int64_t mc = min64(mc_max, M - m0);
+    for (int64_t g0 = 0; g0 < k4; g0 += kc) {
+      const int64_t kg = min64(kc, k4 - g0);
+      if (!direct) pack_a<kSigned>(A + m0 * lda, lda, mc, K, g0, kg, ap);
       const bool first = g0 == 0;
       for (int64_t n0 = n_begin; n0 < n_end; n0 += kNR) {
         const int64_t cols = min64(kNR, n_end - n0);
         const int8_t* wp = panels + ((n0 / kNR) * k4 + g0) * kNR * 4;
         const int32_t* b = bias ? bias + n0 : nullptr;
         for (int64_t r0 = 0, t = 0; r0 < mc; r0 += kMR, ++t) {
-          const uint32_t* at = ap + t * kg * kMR;
           int32_t* c = C + (m0 + r0) * ldc + n0;
-          switch (min64(kMR, mc - r0)) {
-            case 1: micro_kernel<1>(at, wp, kg, c, ldc, b, first, cols); break;
-            case 2: micro_kernel<2>(at, wp, kg, c, ldc, b, first, cols); break;
-            case 3: micro_kernel<3>(at, wp, kg, c, ldc, b, first, cols); break;
-            case 4: micro_kernel<4>(at, wp, kg, c, ldc, b, first, cols); break;
-            case 5: micro_kernel<5>(at, wp, kg, c, ldc, b, first, cols); break;
-            default: micro_kernel<6>(at, wp, kg, c, ldc, b, first, cols); break;
+          const int64_t rows = min64(kMR, mc - r0);
+          if (direct) {
+            const uint8_t* at = A + (m0 + r0) * lda + g0 * 4;
+            switch (rows) {
+              case 1: micro_kernel<1, kSigned>(at, lda, 4, wp, kg, c, ldc, b, first, cols); break;
+              case 2: micro_kernel<2, kSigned>(at, lda, 4, wp, kg, c, ldc, b, first, cols); break;
+              case 3: micro_kernel<3, kSigned>(at, lda, 4, wp, kg, c, ldc, b, first, cols); break;
+              case 4: micro_kernel<4, kSigned>(at, lda, 4, wp, kg, c, ldc, b, first, cols); break;
+              case 5: micro_kernel<5, kSigned>(at, lda, 4, wp, kg, c, ldc, b, first, cols); break;
+              default: micro_kernel<6, kSigned>(at, lda, 4, wp, kg, c, ldc, b, first, cols); break;
+            }
+            continue;
+          }
+          const auto* at = reinterpret_cast<const uint8_t*>(ap + t * kg * kMR);
+          switch (rows) {
+            case 1: micro_kernel<1, false>(at, 4, 4 * kMR, wp, kg, c, ldc, b, first, cols); break;
+            case 2: micro_kernel<2, false>(at, 4, 4 * kMR, wp, kg, c, ldc, b, first, cols); break;
+            case 3: micro_kernel<3, false>(at, 4, 4 * kMR, wp, kg, c, ldc, b, first, cols); break;
+            case 4: micro_kernel<4, false>(at, 4, 4 * kMR, wp, kg, c, ldc, b, first, cols); break;
+            case 5: micro_kernel<5, false>(at, 4, 4 * kMR, wp, kg, c, ldc, b, first, cols); break;
+            default: micro_kernel<6, false>(at, 4, 4 * kMR, wp, kg, c, ldc, b, first, cols); break;
           }
         }
       }
