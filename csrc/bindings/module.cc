@@ -6,6 +6,7 @@
 
 #include <cmath>
 #include <cstdlib>
+#include <initializer_list>
 #include <optional>
 #include <string>
 
@@ -120,6 +121,24 @@ std::optional<TensorArg> optional_sum(const OptCapsule& cap, const char* name, c
   a.require_dtype(DType::kFloat64).require_contiguous().require_same_device(x).require_numel(l.channels,
                                                                                              "one per channel");
   return a;
+}
+
+// A gradient bit mask for x (kernels.h layout): uint8, ceil(numel / 8) bytes, contiguous, on x's device, and
+// sharing no byte with any float tensor of the call (the kernels read and write them while packing bits).
+TensorArg mask_arg(const py::capsule& cap, const TensorArg& x, std::initializer_list<const TensorArg*> disjoint) {
+  TensorArg mask = tensor_arg(cap, "mask");
+  const auto& d = mask.t->dtype;
+  if (!(d.code == dlpack::kUInt && d.bits == 8 && d.lanes == 1))
+    throw py::type_error("mask must be uint8 (one bit per element of " + x.name + "); got " + mask.dtype_name());
+  mask.require_contiguous().require_same_device(x).require_numel((x.numel() + 7) / 8,
+                                                                 "ceil(numel / 8) bytes, one bit per element");
+  const char* m = static_cast<const char*>(mask.data());
+  for (const TensorArg* other : disjoint) {
+    const char* o = static_cast<const char*>(other->data());
+    if (mask.nbytes() && other->nbytes() && m < o + other->nbytes() && o < m + mask.nbytes())
+      throw py::value_error("mask overlaps " + other->name + "; pass a separate uint8 tensor");
+  }
+  return mask;
 }
 
 // ---------------------------------------------------------------------------------------------------------
@@ -311,6 +330,110 @@ void fake_quant_affine_backward_op(const py::capsule& x_cap, const py::capsule& 
                              static_cast<int32_t>(qmax), rm, gm, gs, gz, threads);
 }
 
+// ---- forwards that also write the clipped straight-through mask, and the backward that reads it ----
+
+void fake_quant_symmetric_masked_op(const py::capsule& x_cap, const py::capsule& y_cap, const py::capsule& mask_cap,
+                                    const py::capsule& scale_cap, OptAxis axis, int bits, int round, int mask_kind,
+                                    int threads, intptr_t stream) {
+  const TensorArg x = float_input(x_cap, "x");
+  const TensorArg y = output_like(y_cap, "out", x, DType::kFloat32);
+  require_no_partial_overlap(x, y);
+  const TensorArg mask = mask_arg(mask_cap, x, {&x, &y});
+  const ChannelLayout l = channel_layout(x, axis);
+  const TensorArg scale = tensor_arg(scale_cap, "scale");
+  require_params(x, l, scale, nullptr);
+  require_positive_scales(scale);
+  const int32_t bin = bin_for_bits(bits);
+  const RoundMode rm = round_mode(round);
+  const GradMask gm = grad_mask(mask_kind);
+  thread_count(threads);
+  py::gil_scoped_release release;
+#if defined(PYSLIM_WITH_CUDA)
+  if (x.on_cuda())
+    return cuda::fake_quant_symmetric_mask(x.ptr<float>(), y.ptr<float>(), mask.ptr<uint8_t>(), l, scale.ptr<float>(),
+                                           bin, rm, gm, stream);
+#endif
+  (void)stream;
+  fake_quant_symmetric_mask(active_kernels(), x.ptr<float>(), y.ptr<float>(), mask.ptr<uint8_t>(), l,
+                            scale.ptr<float>(), bin, rm, gm, threads);
+}
+
+// abs_max / channel_wise_abs_max with the mask: the scale is reduced from x into scale_out first.
+void fake_quant_abs_max_masked_op(const py::capsule& x_cap, const py::capsule& y_cap, const py::capsule& scale_cap,
+                                  const py::capsule& mask_cap, OptAxis axis, int bits, int round, int mask_kind,
+                                  int threads, intptr_t stream) {
+  const TensorArg x = float_input(x_cap, "x");
+  const TensorArg y = output_like(y_cap, "out", x, DType::kFloat32);
+  require_no_partial_overlap(x, y);
+  const TensorArg mask = mask_arg(mask_cap, x, {&x, &y});
+  const ChannelLayout l = channel_layout(x, axis);
+  const TensorArg scale = tensor_arg(scale_cap, "scale_out");
+  require_params(x, l, scale, nullptr);
+  const int32_t bin = bin_for_bits(bits);
+  const RoundMode rm = round_mode(round);
+  const GradMask gm = grad_mask(mask_kind);
+  thread_count(threads);
+  py::gil_scoped_release release;
+#if defined(PYSLIM_WITH_CUDA)
+  if (x.on_cuda()) {
+    cuda::abs_max_channels(x.ptr<float>(), l, scale.ptr<float>(), stream);
+    return cuda::fake_quant_symmetric_mask(x.ptr<float>(), y.ptr<float>(), mask.ptr<uint8_t>(), l, scale.ptr<float>(),
+                                           bin, rm, gm, stream);
+  }
+#endif
+  (void)stream;
+  const KernelTable& k = active_kernels();
+  abs_max_channels(k, x.ptr<float>(), l, scale.ptr<float>(), threads);
+  fake_quant_symmetric_mask(k, x.ptr<float>(), y.ptr<float>(), mask.ptr<uint8_t>(), l, scale.ptr<float>(), bin, rm,
+                            gm, threads);
+}
+
+void fake_quant_affine_masked_op(const py::capsule& x_cap, const py::capsule& y_cap, const py::capsule& mask_cap,
+                                 const py::capsule& scale_cap, const py::capsule& zp_cap, OptAxis axis, int64_t qmin,
+                                 int64_t qmax, int round, int threads, intptr_t stream) {
+  const TensorArg x = float_input(x_cap, "x");
+  const TensorArg y = output_like(y_cap, "out", x, DType::kFloat32);
+  require_no_partial_overlap(x, y);
+  const TensorArg mask = mask_arg(mask_cap, x, {&x, &y});
+  const ChannelLayout l = channel_layout(x, axis);
+  const TensorArg scale = tensor_arg(scale_cap, "scale");
+  const TensorArg zp = tensor_arg(zp_cap, "zero_point");
+  require_params(x, l, scale, &zp);
+  require_range(qmin, qmax, -(int64_t{1} << 31), (int64_t{1} << 31) - 1, "affine fake quantization");
+  require_positive_scales(scale);
+  require_zero_points(zp, static_cast<int32_t>(qmin), static_cast<int32_t>(qmax));
+  const RoundMode rm = round_mode(round);
+  thread_count(threads);
+  py::gil_scoped_release release;
+#if defined(PYSLIM_WITH_CUDA)
+  if (x.on_cuda())
+    return cuda::fake_quant_affine_mask(x.ptr<float>(), y.ptr<float>(), mask.ptr<uint8_t>(), l, scale.ptr<float>(),
+                                        zp.ptr<int32_t>(), static_cast<int32_t>(qmin), static_cast<int32_t>(qmax), rm,
+                                        stream);
+#endif
+  (void)stream;
+  fake_quant_affine_mask(active_kernels(), x.ptr<float>(), y.ptr<float>(), mask.ptr<uint8_t>(), l, scale.ptr<float>(),
+                         zp.ptr<int32_t>(), static_cast<int32_t>(qmin), static_cast<int32_t>(qmax), rm, threads);
+}
+
+// grad_x = grad where the saved mask bit is set, else 0 (the backward of the masked forwards).
+void apply_grad_mask_op(const py::capsule& grad_cap, const py::capsule& mask_cap, const py::capsule& grad_x_cap,
+                        int threads, intptr_t stream) {
+  const TensorArg grad = float_input(grad_cap, "grad");
+  const TensorArg grad_x = output_like(grad_x_cap, "grad_x", grad, DType::kFloat32);
+  require_no_partial_overlap(grad, grad_x);
+  const TensorArg mask = mask_arg(mask_cap, grad, {&grad, &grad_x});
+  thread_count(threads);
+  py::gil_scoped_release release;
+#if defined(PYSLIM_WITH_CUDA)
+  if (grad.on_cuda())
+    return cuda::apply_grad_mask(grad.ptr<float>(), mask.ptr<uint8_t>(), grad_x.ptr<float>(), grad.numel(), stream);
+#endif
+  (void)stream;
+  apply_grad_mask(active_kernels(), grad.ptr<float>(), mask.ptr<uint8_t>(), grad_x.ptr<float>(), grad.numel(),
+                  threads);
+}
+
 void quantize_op(const py::capsule& x_cap, const py::capsule& q_cap, const py::capsule& scale_cap,
                  const py::capsule& zp_cap, OptAxis axis, int64_t qmin, int64_t qmax, int round, int threads,
                  intptr_t stream) {
@@ -424,6 +547,8 @@ py::dict native_info() {
 namespace pyslim {
 namespace binding {
 void register_int8_ops(py::module_& m);
+void register_calibration_ops(py::module_& m);
+void register_embedding_ops(py::module_& m);
 }  // namespace binding
 }  // namespace pyslim
 
@@ -471,10 +596,23 @@ PYBIND11_MODULE(_C, m) {
         py::arg("grad_x"), py::arg("scale"), py::arg("zero_point"), py::arg("axis"), py::arg("quant_min"),
         py::arg("quant_max"), py::arg("round_mode"), py::arg("grad_mask"), py::arg("grad_scale"),
         py::arg("grad_zero_point"), py::arg("threads"), py::arg("stream"));
+  m.def("fake_quant_symmetric_masked", &fake_quant_symmetric_masked_op, py::arg("x"), py::arg("out"), py::arg("mask"),
+        py::arg("scale"), py::arg("axis"), py::arg("bits"), py::arg("round_mode"), py::arg("grad_mask"),
+        py::arg("threads"), py::arg("stream"));
+  m.def("fake_quant_abs_max_masked", &fake_quant_abs_max_masked_op, py::arg("x"), py::arg("out"),
+        py::arg("scale_out"), py::arg("mask"), py::arg("axis"), py::arg("bits"), py::arg("round_mode"),
+        py::arg("grad_mask"), py::arg("threads"), py::arg("stream"));
+  m.def("fake_quant_affine_masked", &fake_quant_affine_masked_op, py::arg("x"), py::arg("out"), py::arg("mask"),
+        py::arg("scale"), py::arg("zero_point"), py::arg("axis"), py::arg("quant_min"), py::arg("quant_max"),
+        py::arg("round_mode"), py::arg("threads"), py::arg("stream"));
+  m.def("apply_grad_mask", &apply_grad_mask_op, py::arg("grad"), py::arg("mask"), py::arg("grad_x"),
+        py::arg("threads"), py::arg("stream"));
   m.def("quantize", &quantize_op, py::arg("x"), py::arg("out"), py::arg("scale"), py::arg("zero_point"),
         py::arg("axis"), py::arg("quant_min"), py::arg("quant_max"), py::arg("round_mode"), py::arg("threads"),
         py::arg("stream"));
   register_int8_ops(m);
+  register_calibration_ops(m);
+  register_embedding_ops(m);
   m.def("dequantize", &dequantize_op, py::arg("q"), py::arg("out"), py::arg("scale"), py::arg("zero_point"),
         py::arg("axis"), py::arg("threads"), py::arg("stream"));
 }

@@ -28,7 +28,9 @@ SpanPlan plan(const ChannelLayout& l, int threads) {
   p.stride = vector ? 1 : 0;
   p.tasks = split_count(p.numel, kGrain, std::max(threads, 1));
   p.chunk = p.tasks ? (p.numel + p.tasks - 1) / p.tasks : 0;
-  p.chunk = (p.chunk + 63) / 64 * 64;  // keep task starts cache-line aligned
+  // Task starts on multiples of 64 elements: cache-line aligned for float data, and byte (indeed 8-byte)
+  // aligned in a gradient bit mask, so that no two tasks ever write the same mask byte.
+  p.chunk = (p.chunk + 63) / 64 * 64;
   return p;
 }
 
@@ -131,6 +133,37 @@ void fake_quant_affine_backward(const KernelTable& k, const float* x, const floa
                        k.fake_quant_affine_backward(x + off, grad + off, grad_x + off, len, scale + param,
                                                     zero_point + param, stride, qmin, qmax, round, mask, gs, gz);
                      });
+}
+
+// A span starting at element `off` owns bits from bit off % 8 of mask byte off / 8 (kernels.h). Spans of one
+// task run in order, so a span that starts inside a byte finds the earlier bits of that byte already written.
+void fake_quant_affine_mask(const KernelTable& k, const float* x, float* y, uint8_t* mask_bits,
+                            const ChannelLayout& layout, const float* scale, const int32_t* zero_point, int32_t qmin,
+                            int32_t qmax, RoundMode round, int threads) {
+  for_each_span(plan(layout, threads), threads,
+                [&](int64_t, int64_t off, int64_t len, int64_t param, int64_t stride) {
+                  k.fake_quant_affine_mask(x + off, y + off, mask_bits + off / 8, off % 8, len, scale + param,
+                                           zero_point + param, stride, qmin, qmax, round);
+                });
+}
+
+void fake_quant_symmetric_mask(const KernelTable& k, const float* x, float* y, uint8_t* mask_bits,
+                               const ChannelLayout& layout, const float* scale, int32_t bin, RoundMode round,
+                               GradMask mask, int threads) {
+  for_each_span(plan(layout, threads), threads,
+                [&](int64_t, int64_t off, int64_t len, int64_t param, int64_t stride) {
+                  k.fake_quant_symmetric_mask(x + off, y + off, mask_bits + off / 8, off % 8, len, scale + param,
+                                              stride, bin, round, mask);
+                });
+}
+
+void apply_grad_mask(const KernelTable& k, const float* grad, const uint8_t* mask_bits, float* grad_x, int64_t n,
+                     int threads) {
+  ChannelLayout flat;
+  flat.inner = n;
+  for_each_span(plan(flat, threads), threads, [&](int64_t, int64_t off, int64_t len, int64_t, int64_t) {
+    k.apply_grad_mask(grad + off, mask_bits + off / 8, off % 8, grad_x + off, len);
+  });
 }
 
 void quantize_int8(const KernelTable& k, const float* x, int8_t* q, const ChannelLayout& layout, const float* scale,

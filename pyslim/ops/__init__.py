@@ -25,13 +25,11 @@ import torch
 from torch import Tensor
 
 from pyslim.ops import reference
+from pyslim.ops import _fake_quant as _fq
 from pyslim.ops._fake_quant import (
     GRAD_MODES,
     ROUND_MODES,
     dequantize_op,
-    fake_quant_abs_max_op,
-    fake_quant_affine_op,
-    fake_quant_symmetric_op,
     moving_average_abs_max_update_op,
     quantize_op,
 )
@@ -168,7 +166,7 @@ def fake_quant_abs_max(x: Tensor, bits: int = 8, round_mode: str = "half_away_fr
         >>> y, s = fake_quant_abs_max(torch.tensor([0.5, -1.0]), bits=8, return_scale=True)
     """
     x = _check_input(x)
-    y, scale = fake_quant_abs_max_op(x, None, _check_bits(bits), _check_round(round_mode), _check_grad(grad))
+    y, scale = _fq.fake_quant_abs_max(x, None, _check_bits(bits), _check_round(round_mode), _check_grad(grad))
     return (y, scale) if return_scale else y
 
 
@@ -184,7 +182,7 @@ def fake_quant_channel_wise_abs_max(x: Tensor, axis: int, bits: int = 8, round_m
     if axis is None:
         raise ValueError("axis must be an int for channel-wise quantization; use fake_quant_abs_max per tensor")
     axis = _check_axis(x, axis)
-    y, scale = fake_quant_abs_max_op(x, axis, _check_bits(bits), _check_round(round_mode), _check_grad(grad))
+    y, scale = _fq.fake_quant_abs_max(x, axis, _check_bits(bits), _check_round(round_mode), _check_grad(grad))
     return (y, scale) if return_scale else y
 
 
@@ -202,8 +200,8 @@ def fake_quant_symmetric(x: Tensor, scale: ScaleLike, bits: int = 8, axis: Optio
     x = _check_input(x)
     axis = _check_axis(x, axis)
     scale_t = _check_params(x, axis, "scale", scale, torch.float32)
-    return fake_quant_symmetric_op(x, scale_t, axis, _check_bits(bits), _check_round(round_mode), _check_grad(grad),
-                                   float(grad_factor))
+    return _fq.fake_quant_symmetric(x, scale_t, axis, _check_bits(bits), _check_round(round_mode),
+                                    _check_grad(grad), float(grad_factor))
 
 
 def fake_quant_moving_average_abs_max(x: Tensor, state: Tensor, accum: Tensor, scale: Tensor, bits: int = 8,
@@ -232,7 +230,7 @@ def fake_quant_moving_average_abs_max(x: Tensor, state: Tensor, accum: Tensor, s
         moving_average_abs_max_update_op(x, state, accum, scale, float(moving_rate))
     else:
         _check_params(x, None, "scale", scale, torch.float32)
-    return fake_quant_symmetric_op(x, scale.detach(), None, bits_i, rm, gm, 1.0)
+    return _fq.fake_quant_symmetric(x, scale.detach(), None, bits_i, rm, gm, 1.0)
 
 
 def fake_quant_affine(x: Tensor, scale: ScaleLike, zero_point: Union[Tensor, int], quant_min: int, quant_max: int,
@@ -256,8 +254,8 @@ def fake_quant_affine(x: Tensor, scale: ScaleLike, zero_point: Union[Tensor, int
         raise ValueError(f"quant_min must be < quant_max; got [{qmin}, {qmax}]")
     if not (-(2 ** 31) <= qmin and qmax <= 2 ** 31 - 1):
         raise ValueError(f"quant_min/quant_max must fit in int32; got [{qmin}, {qmax}]")
-    return fake_quant_affine_op(x, scale_t, zp_t, axis, qmin, qmax, _check_round(round_mode), _check_grad(grad),
-                                float(grad_factor))
+    return _fq.fake_quant_affine(x, scale_t, zp_t, axis, qmin, qmax, _check_round(round_mode), _check_grad(grad),
+                                 float(grad_factor))
 
 
 def pact(x: Tensor, alpha: Tensor, bits: int = 8, round_mode: str = "half_away_from_zero") -> Tensor:
@@ -273,8 +271,8 @@ def pact(x: Tensor, alpha: Tensor, bits: int = 8, round_mode: str = "half_away_f
     if not isinstance(alpha, Tensor) or alpha.numel() != 1:
         raise TypeError("alpha must be a one-element tensor (a learnable parameter)")
     alpha_t = _check_params(x, None, "alpha", alpha, torch.float32)
-    return fake_quant_symmetric_op(x, alpha_t, None, _check_bits(bits), _check_round(round_mode),
-                                   GRAD_MODES["clipped_strict"], 1.0)
+    return _fq.fake_quant_symmetric(x, alpha_t, None, _check_bits(bits), _check_round(round_mode),
+                                    GRAD_MODES["clipped_strict"], 1.0)
 
 
 def quantize(x: Tensor, scale: ScaleLike, zero_point: Union[Tensor, int, None] = None, axis: Optional[int] = None,

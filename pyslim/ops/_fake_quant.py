@@ -238,6 +238,148 @@ fake_quant_affine_op.register_autograd(_affine_backward, setup_context=_affine_s
 
 
 # --------------------------------------------------------------------------------------------------------
+# Forwards that save the clipped straight-through gradient as a bit mask.
+#
+# With grad="clipped" and no parameter gradient, the backward needs one bit per element: does the gradient
+# pass? These variants return (y, mask) with mask a flat uint8 tensor of ceil(numel / 8) bytes (element i of
+# the row-major x is bit i % 8 of byte i // 8, padding bits clear), and their backward reads only grad and the
+# mask: 8.125 bytes per element instead of reading x and grad (12 bytes for the backward, plus y's 4 in the
+# forward either way). The public functions in pyslim.ops pick them when x requires grad and the parameters do
+# not (an LSQ/PACT scale gradient needs x itself).
+# --------------------------------------------------------------------------------------------------------
+
+
+def _mask_bytes(x: Tensor) -> int:
+    return (x.numel() + 7) // 8
+
+
+def _empty_mask(x: Tensor) -> Tensor:
+    return torch.empty(_mask_bytes(x), dtype=torch.uint8, device=x.device)
+
+
+@torch.library.custom_op("pyslim::apply_grad_mask", mutates_args=())
+def apply_grad_mask_op(grad: Tensor, mask: Tensor) -> Tensor:
+    """grad_x = grad where the mask bit is set, else 0 (bit-identical to the x-based clipped backward)."""
+    grad = grad.contiguous()
+    grad_x = _empty(grad)
+    _C.apply_grad_mask(capsule(grad), capsule(mask.contiguous()), capsule(grad_x), get_num_threads(),
+                       stream_of(grad))
+    return grad_x
+
+
+@apply_grad_mask_op.register_fake
+def _(grad, mask):
+    return _empty(grad)
+
+
+def _masked_setup(ctx, inputs, output):
+    mask = output[-1]
+    ctx.mark_non_differentiable(*output[1:])  # the mask (and abs_max's scale) carry no gradient
+    ctx.save_for_backward(mask)
+    ctx.num_inputs = len(inputs)
+
+
+def _masked_backward(ctx, grad_y, *unused):
+    if any(ctx.needs_input_grad[1:]):
+        raise RuntimeError("the masked fake-quant ops give no parameter gradients; use the x-based ops when a "
+                           "scale or zero point requires grad")
+    (mask,) = ctx.saved_tensors
+    return (apply_grad_mask_op(grad_y, mask),) + (None,) * (ctx.num_inputs - 1)
+
+
+@torch.library.custom_op("pyslim::fake_quant_affine_masked", mutates_args=())
+def fake_quant_affine_masked_op(
+    x: Tensor, scale: Tensor, zero_point: Tensor, axis: Optional[int], quant_min: int, quant_max: int,
+    round_mode: int,
+) -> Tuple[Tensor, Tensor]:
+    x = x.contiguous()
+    y = _empty(x)
+    mask = _empty_mask(x)
+    _C.fake_quant_affine_masked(capsule(x), capsule(y), capsule(mask), capsule(scale.contiguous()),
+                                capsule(zero_point.contiguous()), axis, quant_min, quant_max, round_mode,
+                                get_num_threads(), stream_of(x))
+    return y, mask
+
+
+@fake_quant_affine_masked_op.register_fake
+def _(x, scale, zero_point, axis, quant_min, quant_max, round_mode):
+    return _empty(x), _empty_mask(x)
+
+
+fake_quant_affine_masked_op.register_autograd(_masked_backward, setup_context=_masked_setup)
+
+
+@torch.library.custom_op("pyslim::fake_quant_symmetric_masked", mutates_args=())
+def fake_quant_symmetric_masked_op(
+    x: Tensor, scale: Tensor, axis: Optional[int], bits: int, round_mode: int, grad_mask: int
+) -> Tuple[Tensor, Tensor]:
+    x = x.contiguous()
+    y = _empty(x)
+    mask = _empty_mask(x)
+    _C.fake_quant_symmetric_masked(capsule(x), capsule(y), capsule(mask), capsule(scale.contiguous()), axis, bits,
+                                   round_mode, grad_mask, get_num_threads(), stream_of(x))
+    return y, mask
+
+
+@fake_quant_symmetric_masked_op.register_fake
+def _(x, scale, axis, bits, round_mode, grad_mask):
+    return _empty(x), _empty_mask(x)
+
+
+fake_quant_symmetric_masked_op.register_autograd(_masked_backward, setup_context=_masked_setup)
+
+
+@torch.library.custom_op("pyslim::fake_quant_abs_max_masked", mutates_args=())
+def fake_quant_abs_max_masked_op(
+    x: Tensor, axis: Optional[int], bits: int, round_mode: int, grad_mask: int
+) -> Tuple[Tensor, Tensor, Tensor]:
+    x = x.contiguous()
+    y = _empty(x)
+    scale = torch.empty(_param_shape(x, axis), dtype=torch.float32, device=x.device)
+    mask = _empty_mask(x)
+    _C.fake_quant_abs_max_masked(capsule(x), capsule(y), capsule(scale), capsule(mask), axis, bits, round_mode,
+                                 grad_mask, get_num_threads(), stream_of(x))
+    return y, scale, mask
+
+
+@fake_quant_abs_max_masked_op.register_fake
+def _(x, axis, bits, round_mode, grad_mask):
+    return _empty(x), x.new_empty(_param_shape(x, axis)), _empty_mask(x)
+
+
+fake_quant_abs_max_masked_op.register_autograd(_masked_backward, setup_context=_masked_setup)
+
+
+def _save_mask(grad_mask: int, x: Tensor, *params: Tensor) -> bool:
+    """True when autograd will need only grad_x through a clipping mask: then the forward saves bits."""
+    return (grad_mask != 0 and torch.is_grad_enabled() and x.requires_grad
+            and not any(p.requires_grad for p in params))
+
+
+def fake_quant_abs_max(x: Tensor, axis: Optional[int], bits: int, round_mode: int,
+                       grad_mask: int) -> Tuple[Tensor, Tensor]:
+    """(y, scale) through the masked op when it suffices, else the x-based one."""
+    if _save_mask(grad_mask, x):
+        y, scale, _ = fake_quant_abs_max_masked_op(x, axis, bits, round_mode, grad_mask)
+        return y, scale
+    return fake_quant_abs_max_op(x, axis, bits, round_mode, grad_mask)
+
+
+def fake_quant_symmetric(x: Tensor, scale: Tensor, axis: Optional[int], bits: int, round_mode: int,
+                         grad_mask: int, grad_factor: float) -> Tensor:
+    if _save_mask(grad_mask, x, scale):
+        return fake_quant_symmetric_masked_op(x, scale, axis, bits, round_mode, grad_mask)[0]
+    return fake_quant_symmetric_op(x, scale, axis, bits, round_mode, grad_mask, grad_factor)
+
+
+def fake_quant_affine(x: Tensor, scale: Tensor, zero_point: Tensor, axis: Optional[int], quant_min: int,
+                      quant_max: int, round_mode: int, grad_mask: int, grad_factor: float) -> Tensor:
+    if _save_mask(grad_mask, x, scale, zero_point):
+        return fake_quant_affine_masked_op(x, scale, zero_point, axis, quant_min, quant_max, round_mode)[0]
+    return fake_quant_affine_op(x, scale, zero_point, axis, quant_min, quant_max, round_mode, grad_mask, grad_factor)
+
+
+# --------------------------------------------------------------------------------------------------------
 # Real quantization to int8/int16 and back.
 # --------------------------------------------------------------------------------------------------------
 

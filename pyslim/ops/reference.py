@@ -27,6 +27,11 @@ __all__ = [
     "fake_quant_affine_backward",
     "pact",
     "pact_backward",
+    "pack_mask_bits",
+    "unpack_mask_bits",
+    "fake_quant_affine_mask",
+    "fake_quant_symmetric_mask",
+    "apply_grad_mask",
     "quantize",
     "dequantize",
 ]
@@ -185,6 +190,61 @@ def pact_backward(x: Tensor, grad: Tensor, alpha: Tensor, bits: int = 8,
     """dx = g * 1[|x| < alpha]; dalpha = sum(g * (1[x > alpha] - 1[x < -alpha])) + the quantization term."""
     grad_x, grad_alpha = fake_quant_symmetric_backward(x, grad, alpha, None, bits, round_mode, "clipped_strict")
     return grad_x, grad_alpha.to(torch.float32).reshape(alpha.shape)
+
+
+_BIT_WEIGHTS = (1, 2, 4, 8, 16, 32, 64, 128)
+
+
+def pack_mask_bits(keep: Tensor) -> Tensor:
+    """Packs a bool tensor (row-major) into uint8, least significant bit first: element i is bit i % 8 of
+    byte i // 8; the padding bits of the last byte are 0. Example: ``[1, 0, 1, 1, 0, 0, 0, 0, 1] -> [13, 1]``."""
+    flat = keep.reshape(-1).to(torch.int32)
+    n = flat.numel()
+    padded = torch.zeros((n + 7) // 8 * 8, dtype=torch.int32, device=keep.device)
+    padded[:n] = flat
+    weights = torch.tensor(_BIT_WEIGHTS, dtype=torch.int32, device=keep.device)
+    return (padded.reshape(-1, 8) * weights).sum(dim=1).to(torch.uint8)
+
+
+def unpack_mask_bits(bits: Tensor, shape) -> Tensor:
+    """The bool tensor of ``shape`` that ``pack_mask_bits`` packed into ``bits``."""
+    n = 1
+    for d in shape:
+        n *= int(d)
+    weights = torch.tensor(_BIT_WEIGHTS, dtype=torch.int32, device=bits.device)
+    unpacked = (bits.to(torch.int32).reshape(-1, 1) & weights) != 0
+    return unpacked.reshape(-1)[:n].reshape(shape)
+
+
+def fake_quant_affine_mask(x: Tensor, scale: Tensor, zero_point: Tensor, quant_min: int, quant_max: int,
+                           axis: Optional[int] = None, round_mode: str = "half_to_even") -> Tuple[Tensor, Tensor]:
+    """(y, packed mask): y of ``fake_quant_affine`` and the bits of the clipped backward's keep,
+    ``quant_min <= round(x * (1/s)) + zp <= quant_max`` (0 for NaN)."""
+    s = scale.reshape(_bshape(x, axis)).to(torch.float32)
+    zp = zero_point.reshape(_bshape(x, axis)).to(torch.float32)
+    q = round_values(x * (1.0 / s), round_mode) + zp
+    keep = (q >= quant_min) & (q <= quant_max)
+    return fake_quant_affine(x, scale, zero_point, quant_min, quant_max, axis, round_mode), pack_mask_bits(keep)
+
+
+def fake_quant_symmetric_mask(x: Tensor, scale: Tensor, axis: Optional[int] = None, bits: int = 8,
+                              round_mode: str = "half_away_from_zero",
+                              grad_mode: str = "clipped") -> Tuple[Tensor, Tensor]:
+    """(y, packed mask): y of ``fake_quant_symmetric`` and the bits of |x| <= s ('clipped') or |x| < s
+    ('clipped_strict'); 0 for NaN."""
+    s = scale.reshape(_bshape(x, axis)).to(torch.float32)
+    if grad_mode == "clipped":
+        keep = x.abs() <= s
+    elif grad_mode == "clipped_strict":
+        keep = x.abs() < s
+    else:
+        raise ValueError(f"grad_mode must be 'clipped' or 'clipped_strict'; got {grad_mode!r}")
+    return fake_quant_symmetric(x, scale, axis, bits, round_mode), pack_mask_bits(keep)
+
+
+def apply_grad_mask(grad: Tensor, bits: Tensor) -> Tensor:
+    """grad where the packed mask bit is set, else 0."""
+    return torch.where(unpack_mask_bits(bits, grad.shape), grad, torch.zeros_like(grad))
 
 
 def quantize(x: Tensor, scale: Tensor, zero_point: Tensor, quant_min: int, quant_max: int,

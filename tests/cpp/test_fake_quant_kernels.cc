@@ -9,6 +9,7 @@
 // Per-element sums (param_stride 1) are single double additions and must match exactly.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cfloat>
 #include <cinttypes>
@@ -558,6 +559,210 @@ TEST(FakeQuantKernels, RoundingModesOnKnownValues) {
 }
 
 // ---------------------------------------------------------------------------------------------------------
+// Forwards that save the gradient mask as bits, and the backward that reads them
+// ---------------------------------------------------------------------------------------------------------
+
+const int64_t kMaskSizes[] = {0, 1, 7, 8, 9, 15, 16, 17, 31, 32, 33, 63, 64, 65, 127, 4097};
+constexpr uint8_t kBefore = 0xA5;  // fill of the bits below bit_offset: must survive
+constexpr uint8_t kAfter = 0x5A;   // fill of the bytes past the span's last byte: must not be touched
+
+bool bit_at(const std::vector<uint8_t>& bits, int64_t b) { return (bits[static_cast<size_t>(b / 8)] >> (b % 8)) & 1u; }
+
+// The buffer a kernel writes bits [off, off + n) into: one spare byte after the span's bytes, the span's
+// bytes filled with garbage except the bits below `off`, which hold kBefore's.
+std::vector<uint8_t> mask_buffer(int64_t off, int64_t n) {
+  const size_t bytes = static_cast<size_t>((off + n + 7) / 8);
+  std::vector<uint8_t> buf(bytes + 1, kAfter);
+  for (size_t b = 0; b < bytes; ++b) buf[b] = 0xFF;
+  if (bytes) buf[0] = static_cast<uint8_t>((kBefore & ((1u << off) - 1u)) | (0xFFu << off));
+  return buf;
+}
+
+// The kernels.h contract on a written buffer: bits [off, off + n) are `keep`, the bits below off of the first
+// byte are kBefore's, the bits past the span in its last byte are clear, the next byte is untouched.
+::testing::AssertionResult mask_as_expected(const std::vector<uint8_t>& buf, int64_t off, int64_t n,
+                                            const std::vector<bool>& keep, const float* x) {
+  const int64_t bytes = (off + n + 7) / 8;
+  if (n == 0) {  // a no-op: nothing written at all
+    if (buf == mask_buffer(off, 0)) return ::testing::AssertionSuccess();
+    return ::testing::AssertionFailure() << "n == 0 wrote to the mask";
+  }
+  for (int64_t b = 0; b < off; ++b)
+    if (bit_at(buf, b) != ((kBefore >> b) & 1u))
+      return ::testing::AssertionFailure() << "bit " << b << " below bit_offset " << off << " was changed";
+  for (int64_t j = 0; j < n; ++j)
+    if (bit_at(buf, off + j) != keep[static_cast<size_t>(j)])
+      return ::testing::AssertionFailure() << "element " << j << " (bit_offset " << off << "): got bit "
+                                           << bit_at(buf, off + j) << ", reference backward keeps "
+                                           << keep[static_cast<size_t>(j)] << ", x = " << describe(x[j]);
+  for (int64_t b = off + n; b < bytes * 8; ++b)
+    if (bit_at(buf, b)) return ::testing::AssertionFailure() << "padding bit " << b << " past the span is set";
+  if (buf[static_cast<size_t>(bytes)] != kAfter)
+    return ::testing::AssertionFailure() << "the byte after the span's last byte was written";
+  return ::testing::AssertionSuccess();
+}
+
+// The reference x-based backward's keep decision, read off grad_x with grad = 1.
+std::vector<bool> affine_keep(const AffineCase& c, int64_t n, int64_t stride, RoundMode mode) {
+  const std::vector<float> ones(static_cast<size_t>(n), 1.0f);
+  std::vector<float> gx(static_cast<size_t>(n), -1.0f);
+  ref().fake_quant_affine_backward(c.x.data(), ones.data(), gx.data(), n, c.scale.data(), c.zp.data(), stride, c.qmin,
+                                   c.qmax, mode, GradMask::kInclusive, nullptr, nullptr);
+  std::vector<bool> keep(static_cast<size_t>(n));
+  for (int64_t i = 0; i < n; ++i) keep[i] = gx[i] == 1.0f;
+  return keep;
+}
+
+std::vector<bool> symmetric_keep(const SymCase& c, int64_t n, int64_t stride, GradMask mask) {
+  const std::vector<float> ones(static_cast<size_t>(n), 1.0f);
+  std::vector<float> gx(static_cast<size_t>(n), -1.0f);
+  ref().fake_quant_symmetric_backward(c.x.data(), ones.data(), gx.data(), n, c.scale.data(), stride, c.bin,
+                                      RoundMode::kHalfToEven, mask, nullptr);
+  std::vector<bool> keep(static_cast<size_t>(n));
+  for (int64_t i = 0; i < n; ++i) keep[i] = gx[i] == 1.0f;
+  return keep;
+}
+
+// Every usable path, the reference included (its mask is checked against its own x-based backward).
+TEST(FakeQuantMaskKernels, AffineMaskMatchesReference) {
+  const std::pair<int32_t, int32_t> qranges[] = {{-128, 127}, {0, 255}, {-8, 7}, {0, 3}, {-32768, 32767}};
+  const float scales[] = {1.0f, 0.25f, 0.0372f, 1e-31f, 1e-40f};
+  for (Isa isa : usable_isas()) {
+    const KernelTable& k = *kernel_table(isa);
+    for (int64_t n : kMaskSizes)
+      for (int64_t stride : {0, 1})
+        for (const auto& qr : qranges)
+          for (size_t si = 0; si < (stride ? 1 : sizeof(scales) / sizeof(scales[0])); ++si) {
+            const uint32_t seed = static_cast<uint32_t>(n * 31 + stride * 7 + qr.second + si);
+            const AffineCase c = make_affine_case(n, stride, qr.first, qr.second, scales[si], seed);
+            for (RoundMode mode : kModes) {
+              std::vector<float> want(static_cast<size_t>(n), -7.0f);
+              ref().fake_quant_affine(c.x.data(), want.data(), n, c.scale.data(), c.zp.data(), stride, c.qmin, c.qmax,
+                                      mode);
+              const std::vector<bool> keep = affine_keep(c, n, stride, mode);
+              for (int64_t off = 0; off < 8; ++off) {
+                SCOPED_TRACE(trace(isa, n, stride, mode_name(mode)) + " bit_offset=" + std::to_string(off) + " q=[" +
+                             std::to_string(c.qmin) + "," + std::to_string(c.qmax) + "] scale=" +
+                             (stride ? std::string("per-element") : describe(scales[si])));
+                std::vector<float> got(static_cast<size_t>(n), 7.0f);
+                std::vector<uint8_t> bits = mask_buffer(off, n);
+                k.fake_quant_affine_mask(c.x.data(), got.data(), bits.data(), off, n, c.scale.data(), c.zp.data(),
+                                         stride, c.qmin, c.qmax, mode);
+                ASSERT_TRUE(all_same(got, want, c.x.data()));
+                ASSERT_TRUE(mask_as_expected(bits, off, n, keep, c.x.data()));
+              }
+            }
+          }
+  }
+}
+
+TEST(FakeQuantMaskKernels, SymmetricMaskMatchesReference) {
+  const float scales[] = {1.0f, 0.25f, 3.5f, 1e-31f, 1e-40f, 0.0f};
+  for (Isa isa : usable_isas()) {
+    const KernelTable& k = *kernel_table(isa);
+    for (int64_t n : kMaskSizes)
+      for (int64_t stride : {0, 1})
+        for (int bits_wide : {2, 4, 8, 16})
+          for (size_t si = 0; si < (stride ? 1 : sizeof(scales) / sizeof(scales[0])); ++si) {
+            const uint32_t seed = static_cast<uint32_t>(n * 17 + stride * 5 + bits_wide + si);
+            const SymCase c = make_sym_case(n, stride, bits_wide, scales[si], seed);
+            for (RoundMode mode : kModes) {
+              std::vector<float> want(static_cast<size_t>(n), -7.0f);
+              ref().fake_quant_symmetric(c.x.data(), want.data(), n, c.scale.data(), stride, c.bin, mode);
+              for (GradMask mask : kMasks) {
+                const std::vector<bool> keep = symmetric_keep(c, n, stride, mask);
+                for (int64_t off = 0; off < 8; ++off) {
+                  SCOPED_TRACE(trace(isa, n, stride, mode_name(mode)) + " mask=" + mask_name(mask) +
+                               " bit_offset=" + std::to_string(off) + " bits=" + std::to_string(bits_wide) +
+                               " scale=" + (stride ? std::string("per-element") : describe(scales[si])));
+                  std::vector<float> got(static_cast<size_t>(n), 7.0f);
+                  std::vector<uint8_t> bits = mask_buffer(off, n);
+                  k.fake_quant_symmetric_mask(c.x.data(), got.data(), bits.data(), off, n, c.scale.data(), stride,
+                                              c.bin, mode, mask);
+                  ASSERT_TRUE(all_same(got, want, c.x.data()));
+                  ASSERT_TRUE(mask_as_expected(bits, off, n, keep, c.x.data()));
+                }
+              }
+            }
+          }
+  }
+}
+
+// Exact bit patterns: a kept gradient is copied bit for bit (NaN payloads, -0, denormals), a masked one is +0.
+::testing::AssertionResult same_bits(const std::vector<float>& got, const std::vector<float>& want) {
+  for (size_t i = 0; i < got.size(); ++i)
+    if (bits_of(got[i]) != bits_of(want[i]))
+      return ::testing::AssertionFailure() << "index " << i << ": got " << describe(got[i]) << ", want "
+                                           << describe(want[i]);
+  return ::testing::AssertionSuccess();
+}
+
+TEST(FakeQuantMaskKernels, ApplyGradMaskMatchesReference) {
+  for (Isa isa : usable_isas()) {
+    const KernelTable& k = *kernel_table(isa);
+    for (int64_t n : kMaskSizes) {
+      for (int64_t off = 0; off < 8; ++off) {
+        SCOPED_TRACE(trace(isa, n, 0, "apply_grad_mask") + " bit_offset=" + std::to_string(off));
+        std::mt19937 rng(static_cast<uint32_t>(n * 8 + off));
+        std::vector<float> g = make_grads(rng, n, /*special=*/true);
+        for (int64_t i = 0; i < n; i += 5) g[i] = -0.0f;
+        for (int64_t i = 2; i < n; i += 11) g[i] = -INFINITY;
+        // Random bytes; the bits outside the span are random too and must be ignored.
+        std::vector<uint8_t> bits(static_cast<size_t>((off + n + 7) / 8 + 1));
+        std::uniform_int_distribution<int> byte(0, 255);
+        for (auto& b : bits) b = static_cast<uint8_t>(byte(rng));
+        std::vector<float> want(static_cast<size_t>(n));
+        for (int64_t i = 0; i < n; ++i) want[i] = bit_at(bits, off + i) ? g[i] : 0.0f;
+        // Sentinels on both sides of grad_x: nothing outside [0, n) may be written.
+        std::vector<float> got(static_cast<size_t>(n) + 2, 3.0f);
+        k.apply_grad_mask(g.data(), bits.data(), off, got.data() + 1, n);
+        ASSERT_EQ(got.front(), 3.0f);
+        ASSERT_EQ(got.back(), 3.0f);
+        ASSERT_TRUE(same_bits(std::vector<float>(got.begin() + 1, got.end() - 1), want));
+        // In place (grad_x == grad), as the contract allows.
+        std::vector<float> inplace = g;
+        k.apply_grad_mask(inplace.data(), bits.data(), off, inplace.data(), n);
+        ASSERT_TRUE(same_bits(inplace, want));
+      }
+    }
+  }
+}
+
+// The whole point: forward-with-mask + apply_grad_mask gives the x-based backward's grad_x, bit for bit.
+TEST(FakeQuantMaskKernels, MaskedBackwardEqualsXBasedBackward) {
+  for (Isa isa : usable_isas()) {
+    const KernelTable& k = *kernel_table(isa);
+    for (int64_t n : {int64_t{1}, int64_t{9}, int64_t{65}, int64_t{4097}})
+      for (int64_t stride : {0, 1})
+        for (RoundMode mode : kModes)
+          for (int64_t off : {0, 3, 7}) {
+            SCOPED_TRACE(trace(isa, n, stride, mode_name(mode)) + " bit_offset=" + std::to_string(off));
+            std::mt19937 rng(static_cast<uint32_t>(n + stride + off));
+            const std::vector<float> g = make_grads(rng, n, /*special=*/true);
+            const AffineCase a = make_affine_case(n, stride, -128, 127, 0.0372f, static_cast<uint32_t>(n + off));
+            std::vector<float> y(static_cast<size_t>(n)), want(static_cast<size_t>(n)), got(static_cast<size_t>(n));
+            std::vector<uint8_t> bits = mask_buffer(off, n);
+            k.fake_quant_affine_mask(a.x.data(), y.data(), bits.data(), off, n, a.scale.data(), a.zp.data(), stride,
+                                     a.qmin, a.qmax, mode);
+            k.apply_grad_mask(g.data(), bits.data(), off, got.data(), n);
+            ref().fake_quant_affine_backward(a.x.data(), g.data(), want.data(), n, a.scale.data(), a.zp.data(), stride,
+                                             a.qmin, a.qmax, mode, GradMask::kInclusive, nullptr, nullptr);
+            ASSERT_TRUE(same_bits(got, want)) << "affine";
+            const SymCase c = make_sym_case(n, stride, 8, 1.0f, static_cast<uint32_t>(n * 3 + off));
+            for (GradMask mask : {GradMask::kInclusive, GradMask::kStrict}) {
+              bits = mask_buffer(off, n);
+              k.fake_quant_symmetric_mask(c.x.data(), y.data(), bits.data(), off, n, c.scale.data(), stride, c.bin,
+                                          mode, mask);
+              k.apply_grad_mask(g.data(), bits.data(), off, got.data(), n);
+              ref().fake_quant_symmetric_backward(c.x.data(), g.data(), want.data(), n, c.scale.data(), stride, c.bin,
+                                                  mode, mask, nullptr);
+              ASSERT_TRUE(same_bits(got, want)) << "symmetric " << mask_name(mask);
+            }
+          }
+  }
+}
+
+// ---------------------------------------------------------------------------------------------------------
 // Drivers (fake_quant.h) against straightforward per-element loops over the reference table
 // ---------------------------------------------------------------------------------------------------------
 
@@ -605,6 +810,8 @@ std::string layout_name(const ChannelLayout& l, int threads) {
 const ChannelLayout kLayouts[] = {
     {1, 1, 0},     {1, 1, 1},    {1, 1, 1000},  {3, 5, 7},      {7, 1, 9},       {1, 1, 70001},
     {2, 3, 40000}, {1, 4097, 1}, {20, 4097, 1}, {5000, 3, 1},   {4, 33, 2},      {2, 9, 16385},
+    // odd inner sizes and per-channel vectors that make spans start inside mask bytes, across task splits
+    {9000, 7, 1},  {3, 11, 2731},
 };
 
 TEST(FakeQuantDrivers, MatchPerElementReference) {
@@ -687,6 +894,56 @@ TEST(FakeQuantDrivers, MatchPerElementReference) {
             for (int64_t c = 0; c < C; ++c) {
               ASSERT_TRUE(sum_close(s_got[c], s_want[c], s_abs[c])) << "grad_scale channel " << c;
               ASSERT_TRUE(sum_close(z_got[c], z_want[c], z_abs[c])) << "grad_zero_point channel " << c;
+            }
+          }
+
+          // forwards with the gradient bit mask (every bit written, padding cleared, whatever the spans'
+          // alignment), and the masked backward against the x-based one
+          {
+            const size_t mask_bytes = static_cast<size_t>((n + 7) / 8);
+            std::vector<uint8_t> bits_got(mask_bytes, 0xCC), bits_want(mask_bytes, 0);
+            std::vector<float> y_got(static_cast<size_t>(n), 9.0f), gx_got(static_cast<size_t>(n), 9.0f);
+            auto keep_bits_from = [&](const std::vector<float>& grad_x_of_ones) {
+              std::fill(bits_want.begin(), bits_want.end(), 0);
+              for (int64_t i = 0; i < n; ++i)
+                if (grad_x_of_ones[i] == 1.0f) bits_want[static_cast<size_t>(i / 8)] |= static_cast<uint8_t>(1u << (i % 8));
+            };
+            const std::vector<float> ones(static_cast<size_t>(n), 1.0f);
+            std::vector<float> keep01(static_cast<size_t>(n));
+            for (int64_t i = 0; i < n; ++i) {
+              const int64_t c = channel_of(l, i);
+              ref().fake_quant_affine(&d.x[i], &want[i], 1, &d.scale[c], &d.zp[c], 0, qmin, qmax, mode);
+              ref().fake_quant_affine_backward(&d.x[i], &ones[i], &keep01[i], 1, &d.scale[c], &d.zp[c], 0, qmin, qmax,
+                                               mode, GradMask::kInclusive, nullptr, nullptr);
+            }
+            keep_bits_from(keep01);
+            fake_quant_affine_mask(k, d.x.data(), y_got.data(), bits_got.data(), l, d.scale.data(), d.zp.data(), qmin,
+                                   qmax, mode, threads);
+            EXPECT_TRUE(all_same(y_got, want, d.x.data())) << "fake_quant_affine_mask y";
+            EXPECT_TRUE(all_same(bits_got, bits_want)) << "fake_quant_affine_mask bits";
+            std::vector<float> gx_want(static_cast<size_t>(n), -9.0f);
+            fake_quant_affine_backward(k, d.x.data(), d.g.data(), gx_want.data(), l, d.scale.data(), d.zp.data(), qmin,
+                                       qmax, mode, GradMask::kInclusive, nullptr, nullptr, threads);
+            apply_grad_mask(k, d.g.data(), bits_got.data(), gx_got.data(), n, threads);
+            EXPECT_TRUE(same_bits(gx_got, gx_want)) << "apply_grad_mask after fake_quant_affine_mask";
+
+            for (GradMask mask : {GradMask::kInclusive, GradMask::kStrict}) {
+              for (int64_t i = 0; i < n; ++i) {
+                const int64_t c = channel_of(l, i);
+                ref().fake_quant_symmetric(&d.x[i], &want[i], 1, &d.scale[c], 0, bin, mode);
+                ref().fake_quant_symmetric_backward(&d.x[i], &ones[i], &keep01[i], 1, &d.scale[c], 0, bin, mode, mask,
+                                                    nullptr);
+              }
+              keep_bits_from(keep01);
+              std::fill(bits_got.begin(), bits_got.end(), 0xCC);
+              fake_quant_symmetric_mask(k, d.x.data(), y_got.data(), bits_got.data(), l, d.scale.data(), bin, mode,
+                                        mask, threads);
+              EXPECT_TRUE(all_same(y_got, want, d.x.data())) << "fake_quant_symmetric_mask y " << mask_name(mask);
+              EXPECT_TRUE(all_same(bits_got, bits_want)) << "fake_quant_symmetric_mask bits " << mask_name(mask);
+              fake_quant_symmetric_backward(k, d.x.data(), d.g.data(), gx_want.data(), l, d.scale.data(), bin, mode,
+                                            mask, nullptr, threads);
+              apply_grad_mask(k, d.g.data(), bits_got.data(), gx_got.data(), n, threads);
+              EXPECT_TRUE(same_bits(gx_got, gx_want)) << "apply_grad_mask after fake_quant_symmetric_mask";
             }
           }
 

@@ -105,3 +105,32 @@ def test_cuda_matches_torch_fake_quantize():
     z = torch.zeros(256, dtype=torch.int32, device="cuda")
     same(ops.fake_quant_affine(x, s, z, -128, 127, axis=1), torch.fake_quantize_per_channel_affine(x, s, z, 1, -128,
                                                                                                   127))
+
+
+@pytest.mark.parametrize("shape,axis", LAYOUTS, ids=str)
+@pytest.mark.parametrize("round_mode", ["half_to_even", "half_away_from_zero"])
+def test_cuda_masked_forward_and_backward(shape, axis, round_mode):
+    from pyslim.ops import _fake_quant as F
+
+    x = values(shape)
+    c = () if axis is None else (shape[axis],)
+    scale = torch.rand(c) * 0.05 + 0.01
+    zp = torch.randint(-5, 5, c, dtype=torch.int32)
+    rm = F.ROUND_MODES[round_mode]
+    y, bits = F.fake_quant_affine_masked_op(x.cuda(), scale.cuda(), zp.cuda(), axis, -128, 127, rm)
+    yr, bits_r = R.fake_quant_affine_mask(x, scale, zp, -128, 127, axis, round_mode)
+    same(y, yr)
+    same(bits, bits_r)  # padding bits clear too
+    s2 = torch.rand(c) * 3 + 0.1
+    for grad_mode in ("clipped", "clipped_strict"):
+        y, bits = F.fake_quant_symmetric_masked_op(x.cuda(), s2.cuda(), axis, 8, rm, F.GRAD_MODES[grad_mode])
+        yr, bits_r = R.fake_quant_symmetric_mask(x, s2, axis, 8, round_mode, grad_mode)
+        same(y, yr)
+        same(bits, bits_r)
+    g = torch.randn(shape)
+    xd = x.cuda().requires_grad_()
+    out = ops.fake_quant_affine(xd, scale.cuda(), zp.cuda(), -128, 127, axis=axis, round_mode=round_mode)
+    assert "masked" in type(out.grad_fn).__name__
+    out.backward(g.cuda())
+    want, _, _ = F.fake_quant_affine_backward_op(x, g, scale, zp, axis, -128, 127, rm, 1, False)
+    assert torch.equal(xd.grad.cpu().view(torch.int32), want.view(torch.int32))

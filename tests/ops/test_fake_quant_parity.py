@@ -316,3 +316,193 @@ def test_dequantize_gradcheck_in_scale():
     scale = (torch.rand(5) + 0.5).requires_grad_()
     assert torch.autograd.gradcheck(lambda s: ops.dequantize(q, s, zp, axis=1), (scale,), eps=1e-2, atol=1e-2,
                                     rtol=1e-3)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# The clipped gradient saved as a bit mask in the forward (x requires grad, the parameters do not)
+# ------------------------------------------------------------------------------------------------------------
+
+
+def _backward_name(y):
+    return type(y.grad_fn).__name__
+
+
+def assert_same_bits(a, b):
+    """Bit patterns equal: the masked backward copies kept gradients bit for bit and writes +0 elsewhere."""
+    assert a.shape == b.shape and a.dtype == b.dtype == torch.float32
+    assert torch.equal(a.contiguous().view(torch.int32), b.contiguous().view(torch.int32))
+
+
+def awkward_grads(shape):
+    g = torch.randn(shape)
+    flat = g.view(-1)
+    specials = torch.tensor([float("nan"), float("inf"), -float("inf"), -0.0, 1e-42])
+    flat[: min(flat.numel(), 5)] = specials[: min(flat.numel(), 5)]
+    return g
+
+
+MASK_SHAPES = [((0,), None), ((1,), None), ((7,), None), ((9,), None), ((65,), None), ((4097,), None),
+               ((3, 5, 7), 1), ((9000, 7), 1), ((4, 33, 2), 1), ((3, 11, 2731), 1), ((33, 17, 9), 0),
+               ((5, 4097), 1)]
+
+
+@pytest.mark.parametrize("shape,axis", MASK_SHAPES, ids=str)
+@pytest.mark.parametrize("round_mode", ROUNDS)
+def test_affine_masked_backward_equals_x_based(isa, threads, shape, axis, round_mode):
+    from pyslim.ops import _fake_quant as F
+
+    n = int(np.prod(shape))
+    x = awkward_values(n, 4.0).reshape(shape)
+    c = () if axis is None else (shape[axis],)
+    scale = torch.rand(c) * 0.05 + 0.01
+    zp = torch.randint(-10, 10, c, dtype=torch.int32)
+    xa = x.clone().requires_grad_()
+    y = ops.fake_quant_affine(xa, scale, zp, -128, 127, axis=axis, round_mode=round_mode)
+    assert "masked" in _backward_name(y)
+    assert_same(y, R.fake_quant_affine(x, scale, zp, -128, 127, axis, round_mode))
+    # the saved bits are the reference's, padding clear
+    y2, bits = F.fake_quant_affine_masked_op(x, scale, zp, axis, -128, 127, F.ROUND_MODES[round_mode])
+    _, want_bits = R.fake_quant_affine_mask(x, scale, zp, -128, 127, axis, round_mode)
+    assert bits.dtype == torch.uint8 and bits.shape == ((n + 7) // 8,)
+    assert torch.equal(bits, want_bits)
+    g = awkward_grads(shape)
+    y.backward(g)
+    want, _, _ = F.fake_quant_affine_backward_op(x, g, scale, zp, axis, -128, 127, F.ROUND_MODES[round_mode], 1,
+                                                 False)
+    assert_same_bits(xa.grad, want)
+    assert_same_bits(xa.grad, R.apply_grad_mask(g, want_bits))
+
+
+@pytest.mark.parametrize("shape,axis", [((64, 9, 7), None), ((64, 9, 7), 1), ((64, 9, 7), 2), ((4097,), None)],
+                         ids=str)
+@pytest.mark.parametrize("round_mode", ROUNDS)
+def test_affine_masked_backward_matches_torch(isa, threads, shape, axis, round_mode):
+    x = torch.randn(shape) * 3
+    xa, xb = x.clone().requires_grad_(), x.clone().requires_grad_()
+    if axis is None:
+        ya = ops.fake_quant_affine(xa, torch.tensor(0.05), torch.tensor(3), -128, 127)
+        yb = torch.fake_quantize_per_tensor_affine(xb, 0.05, 3, -128, 127)
+    else:
+        c = shape[axis]
+        scale = torch.rand(c) * 0.1 + 0.01
+        zp = torch.randint(-20, 20, (c,), dtype=torch.int32)
+        ya = ops.fake_quant_affine(xa, scale, zp, -128, 127, axis=axis)
+        yb = torch.fake_quantize_per_channel_affine(xb, scale, zp, axis, -128, 127)
+    assert "masked" in _backward_name(ya)
+    assert_same(ya, yb)
+    g = torch.randn(shape)
+    ya.backward(g)
+    yb.backward(g)
+    assert_same(xa.grad, xb.grad)  # torch multiplies by the mask: -0 where we write +0, as the x-based path does
+
+
+@pytest.mark.parametrize("shape,axis", MASK_SHAPES, ids=str)
+@pytest.mark.parametrize("grad_mode", ["clipped", "clipped_strict"])
+def test_symmetric_masked_backward_equals_x_based(isa, threads, shape, axis, grad_mode):
+    from pyslim.ops import _fake_quant as F
+
+    n = int(np.prod(shape))
+    x = awkward_values(n, 2.0).reshape(shape)
+    c = () if axis is None else (shape[axis],)
+    scale = torch.rand(c) * 3 + 0.1
+    if n:  # values exactly on the clip boundary, where inclusive and strict differ
+        x.view(-1)[-1] = float(scale.reshape(-1)[-1 % scale.numel()]) if axis is None else x.view(-1)[-1]
+    gm = F.GRAD_MODES[grad_mode]
+    y, bits = F.fake_quant_symmetric_masked_op(x, scale, axis, 8, 1, gm)
+    yr, want_bits = R.fake_quant_symmetric_mask(x, scale, axis, 8, "half_away_from_zero", grad_mode)
+    assert_same(y, yr)
+    assert torch.equal(bits, want_bits)
+    xa = x.clone().requires_grad_()
+    if grad_mode == "clipped":
+        out = ops.fake_quant_symmetric(xa, scale, axis=axis, grad="clipped")
+    else:  # PACT with a fixed alpha: the strict mask, saved as bits
+        if axis is not None:
+            return
+        out = ops.pact(xa, scale)
+    assert "masked" in _backward_name(out)
+    g = awkward_grads(shape)
+    out.backward(g)
+    want, _ = F.fake_quant_symmetric_backward_op(x, g, scale, axis, 8, 1, gm, False)
+    assert_same_bits(xa.grad, want)
+
+
+@pytest.mark.parametrize("shape,axis", [((4097,), None), ((5, 3, 7), 1), ((9000, 7), 1), ((64, 32, 3, 3), 0)],
+                         ids=str)
+def test_abs_max_and_moving_average_masked(isa, threads, shape, axis):
+    from pyslim.ops import _fake_quant as F
+
+    x = torch.randn(shape) * 3
+    xa = x.clone().requires_grad_()
+    if axis is None:
+        y, s = ops.fake_quant_abs_max(xa, grad="clipped", return_scale=True)
+        yr, sr = R.fake_quant_abs_max(x)
+    else:
+        y, s = ops.fake_quant_channel_wise_abs_max(xa, axis, grad="clipped", return_scale=True)
+        yr, sr = R.fake_quant_channel_wise_abs_max(x, axis)
+    assert "masked" in _backward_name(y) and not s.requires_grad
+    assert_same(y, yr)
+    assert_same(s, sr)
+    g = awkward_grads(shape)
+    y.backward(g)
+    want, _ = F.fake_quant_symmetric_backward_op(x, g, sr, axis, 8, 1, 1, False)
+    assert_same_bits(xa.grad, want)
+    # moving average (per tensor): the scale buffer is detached, so the mask path applies
+    state, accum, scale = torch.ones(1), torch.ones(1), torch.full((1,), 0.001)
+    xb = x.clone().requires_grad_()
+    y = ops.fake_quant_moving_average_abs_max(xb, state, accum, scale, grad="clipped")
+    assert "masked" in _backward_name(y)
+    y.backward(g)
+    want, _ = F.fake_quant_symmetric_backward_op(x, g, scale, None, 8, 1, 1, False)
+    assert_same_bits(xb.grad, want)
+
+
+def test_mask_path_only_when_it_suffices():
+    x = torch.randn(40, 3, requires_grad=True)
+    s = torch.tensor(0.05, requires_grad=True)
+    # a learnable scale needs x for its LSQ gradient: the x-based op
+    y = ops.fake_quant_affine(x, s, torch.tensor(0), -128, 127)
+    assert "masked" not in _backward_name(y)
+    y.sum().backward()
+    assert s.grad is not None
+    alpha = torch.tensor(2.0, requires_grad=True)
+    assert "masked" not in _backward_name(ops.pact(x, alpha))  # PACT's dalpha needs x
+    assert "masked" not in _backward_name(ops.fake_quant_symmetric(x, alpha, grad="clipped"))
+    # ste needs no mask at all; no grad needed: no mask
+    assert "masked" not in _backward_name(ops.fake_quant_affine(x, 0.05, 0, -128, 127, grad="ste"))
+    with torch.no_grad():
+        assert ops.fake_quant_affine(x, 0.05, 0, -128, 127).grad_fn is None
+
+
+def test_masked_op_refuses_parameter_gradients():
+    from pyslim.ops import _fake_quant as F
+
+    x = torch.randn(10, requires_grad=True)
+    s = torch.tensor(0.1, requires_grad=True)
+    y, _ = F.fake_quant_affine_masked_op(x, s, torch.tensor(0, dtype=torch.int32), None, -128, 127, 0)
+    with pytest.raises(RuntimeError, match="no parameter gradients"):
+        y.sum().backward()
+
+
+def test_masked_noncontiguous_input_and_grad(isa):
+    from pyslim.ops import _fake_quant as F
+
+    base = torch.randn(8, 16, 5) * 3
+    x = base.transpose(0, 2).requires_grad_()  # non-contiguous leaf of shape (5, 16, 8)
+    scale, zp = torch.rand(16) * 0.05 + 0.01, torch.zeros(16, dtype=torch.int32)
+    y = ops.fake_quant_affine(x, scale, zp, -128, 127, axis=1)
+    assert "masked" in _backward_name(y)
+    g = torch.randn(8, 16, 5).transpose(0, 2)  # non-contiguous gradient
+    y.backward(g)
+    want, _, _ = F.fake_quant_affine_backward_op(x.detach().contiguous(), g.contiguous(), scale, zp, 1, -128, 127, 0,
+                                                 1, False)
+    assert_same_bits(x.grad, want)
+
+
+def test_pack_unpack_mask_bits_roundtrip():
+    keep = torch.tensor([1, 0, 1, 1, 0, 0, 0, 0, 1], dtype=torch.bool)
+    bits = R.pack_mask_bits(keep)
+    assert bits.tolist() == [13, 1]
+    assert torch.equal(R.unpack_mask_bits(bits, keep.shape), keep)
+    k2 = torch.rand(3, 5, 7) > 0.5
+    assert torch.equal(R.unpack_mask_bits(R.pack_mask_bits(k2), k2.shape), k2)
+    assert R.pack_mask_bits(torch.zeros(0, dtype=torch.bool)).numel() == 0

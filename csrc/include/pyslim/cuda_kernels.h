@@ -26,6 +26,13 @@ void fake_quant_affine_backward(const float* x, const float* grad, float* grad_x
                                 const float* scale, const int32_t* zero_point, int32_t qmin, int32_t qmax,
                                 RoundMode round, GradMask mask, double* grad_scale, double* grad_zero_point,
                                 intptr_t stream);
+// Forwards that also write the clipped straight-through mask (layout of kernels.h: element i is bit i % 8 of
+// mask[i / 8]; ceil(numel / 8) device bytes, padding bits cleared), and the backward that reads it.
+void fake_quant_symmetric_mask(const float* x, float* y, uint8_t* mask, const ChannelLayout& layout,
+                               const float* scale, int32_t bin, RoundMode round, GradMask grad_mask, intptr_t stream);
+void fake_quant_affine_mask(const float* x, float* y, uint8_t* mask, const ChannelLayout& layout, const float* scale,
+                            const int32_t* zero_point, int32_t qmin, int32_t qmax, RoundMode round, intptr_t stream);
+void apply_grad_mask(const float* grad, const uint8_t* mask, float* grad_x, int64_t n, intptr_t stream);
 // Moving-average abs-max update on device scalars (one float each):
 //   state = r*state + 1; accum = r*accum + abs_max(x); scale = accum / state
 void moving_average_update(const float* x, int64_t n, float* state, float* accum, float* scale, float moving_rate,

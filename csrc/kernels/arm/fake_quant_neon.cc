@@ -642,6 +642,224 @@ void dequantize_int16(const int16_t* q, float* y, int64_t n, const float* scale,
   }
 }
 
+// ---- forward + gradient-mask bits, and the backward that reads them --------------------------------------
+//
+// Bit layout of kernels.h: element j of the span is bit bit_offset + j, least significant first. Eight lanes
+// (two compare results) are narrowed to eight bytes of 0x00/0xff, weighted by their bit value and summed
+// across the vector into one mask byte; the backward expands a byte with vtst against the same weights and
+// widens the 0x00/0xff bytes (sign extension) into 32-bit lane masks.
+
+// Lane l holds 1 << l (lane 0 is the least significant byte).
+inline uint8x8_t lane_bit_weights() { return vcreate_u8(0x8040201008040201ull); }
+
+// The keep bits of eight lanes (k0: lanes 0-3, k1: lanes 4-7; each lane all-ones or zero).
+inline unsigned pack_keep_bits(uint32x4_t k0, uint32x4_t k1, uint8x8_t weights) {
+  const uint8x8_t bytes = vmovn_u16(vcombine_u16(vmovn_u32(k0), vmovn_u32(k1)));
+  return vaddv_u8(vand_u8(bytes, weights));
+}
+
+// All-ones 32-bit lanes where bits 0-3 (low) / 4-7 (high) of `byte` are set.
+inline void expand_keep_bits(unsigned byte, uint8x8_t weights, uint32x4_t* low, uint32x4_t* high) {
+  const uint8x8_t set = vtst_u8(vdup_n_u8(static_cast<uint8_t>(byte)), weights);
+  const int16x8_t wide = vmovl_s8(vreinterpret_s8_u8(set));
+  *low = vreinterpretq_u32_s32(vmovl_s16(vget_low_s16(wide)));
+  *high = vreinterpretq_u32_s32(vmovl_high_s16(wide));
+}
+
+// Appends mask bits; keeps the bits below bit_offset of the first byte and leaves the bits past the span
+// cleared. At most 7 bits are pending, so put8 completes exactly one byte.
+class MaskWriter {
+ public:
+  MaskWriter(uint8_t* bits, int64_t bit_offset)
+      : byte_(bits), used_(static_cast<unsigned>(bit_offset)),
+        pending_(bit_offset ? static_cast<unsigned>(bits[0]) & ((1u << bit_offset) - 1u) : 0u) {}
+  void put8(unsigned b) {
+    pending_ |= b << used_;
+    *byte_++ = static_cast<uint8_t>(pending_);
+    pending_ >>= 8;
+  }
+  // The low `count` (<= 8) bits of b.
+  void put(unsigned b, int64_t count) {
+    pending_ |= (b & ((1u << count) - 1u)) << used_;
+    used_ += static_cast<unsigned>(count);
+    if (used_ >= 8) {
+      *byte_++ = static_cast<uint8_t>(pending_);
+      pending_ >>= 8;
+      used_ -= 8;
+    }
+  }
+  void finish() {
+    if (used_) *byte_ = static_cast<uint8_t>(pending_);
+  }
+
+ private:
+  uint8_t* byte_;
+  unsigned used_;
+  unsigned pending_;
+};
+
+inline bool symmetric_keep_scalar(float v, float s, GradMask mask) {
+  if (mask == GradMask::kInclusive) return std::fabs(v) <= s;
+  if (mask == GradMask::kStrict) return std::fabs(v) < s;
+  return true;
+}
+
+// Elements [begin, n) one at a time, exactly as the reference.
+void fake_quant_affine_mask_scalar(const float* x, float* y, MaskWriter* bits, int64_t begin, int64_t n,
+                                   const float* scale, const int32_t* zero_point, int64_t param_stride, int32_t qmin,
+                                   int32_t qmax, RoundMode round) {
+  const float lo = static_cast<float>(qmin), hi = static_cast<float>(qmax);
+  for (int64_t i = begin; i < n; ++i) {
+    const float s = scale[i * param_stride];
+    const float zp = static_cast<float>(zero_point[i * param_stride]);
+    const float v = x[i];
+    const float q = round_scalar(v * (1.0f / s), round) + zp;
+    const float c = std::fmin(std::fmax(q, lo), hi);
+    y[i] = std::isnan(v) ? v : (c - zp) * s;
+    bits->put((q >= lo) && (q <= hi), 1);
+  }
+}
+
+template <bool kPerElement, RoundMode kRound>
+void fake_quant_affine_mask_lanes(const float* x, float* y, MaskWriter* bits, int64_t n, const float* scale,
+                                  const int32_t* zero_point, int32_t qmin, int32_t qmax) {
+  const float32x4_t lo = vdupq_n_f32(static_cast<float>(qmin)), hi = vdupq_n_f32(static_cast<float>(qmax));
+  const float32x4_t one = vdupq_n_f32(1.0f);
+  const uint8x8_t weights = lane_bit_weights();
+  // y of lanes [i, i + 4); returns the inside lanes.
+  auto step = [&](int64_t i) {
+    const float32x4_t s = load_scale<kPerElement>(scale, i);
+    const float32x4_t zp = load_zero_point<kPerElement>(zero_point, i);
+    const float32x4_t inv = vdivq_f32(one, s);
+    const float32x4_t v = vld1q_f32(x + i);
+    const float32x4_t q = vaddq_f32(round_lanes<kRound>(vmulq_f32(v, inv)), zp);
+    const float32x4_t c = vminnmq_f32(vmaxnmq_f32(q, lo), hi);
+    const float32x4_t out = vmulq_f32(vsubq_f32(c, zp), s);
+    vst1q_f32(y + i, vbslq_f32(nan_lanes(v), v, out));
+    return vandq_u32(vcgeq_f32(q, lo), vcleq_f32(q, hi));  // false for NaN
+  };
+  int64_t i = 0;
+  for (; i + 2 * kLanes <= n; i += 2 * kLanes) {
+    const uint32x4_t k0 = step(i);
+    const uint32x4_t k1 = step(i + kLanes);
+    bits->put8(pack_keep_bits(k0, k1, weights));
+  }
+  if (i + kLanes <= n) {
+    bits->put(pack_keep_bits(step(i), vdupq_n_u32(0), weights), kLanes);
+    i += kLanes;
+  }
+  fake_quant_affine_mask_scalar(x, y, bits, i, n, scale, zero_point, kPerElement ? 1 : 0, qmin, qmax, kRound);
+}
+
+void fake_quant_affine_mask(const float* x, float* y, uint8_t* mask_bits, int64_t bit_offset, int64_t n,
+                            const float* scale, const int32_t* zero_point, int64_t param_stride, int32_t qmin,
+                            int32_t qmax, RoundMode round) {
+  if (n <= 0) return;
+  MaskWriter bits(mask_bits, bit_offset);
+  const bool even = round == RoundMode::kHalfToEven;
+  if (param_stride == 0) {
+    even ? fake_quant_affine_mask_lanes<false, RoundMode::kHalfToEven>(x, y, &bits, n, scale, zero_point, qmin, qmax)
+         : fake_quant_affine_mask_lanes<false, RoundMode::kHalfAwayFromZero>(x, y, &bits, n, scale, zero_point, qmin,
+                                                                             qmax);
+  } else if (param_stride == 1) {
+    even ? fake_quant_affine_mask_lanes<true, RoundMode::kHalfToEven>(x, y, &bits, n, scale, zero_point, qmin, qmax)
+         : fake_quant_affine_mask_lanes<true, RoundMode::kHalfAwayFromZero>(x, y, &bits, n, scale, zero_point, qmin,
+                                                                            qmax);
+  } else {
+    fake_quant_affine_mask_scalar(x, y, &bits, 0, n, scale, zero_point, param_stride, qmin, qmax, round);
+  }
+  bits.finish();
+}
+
+void fake_quant_symmetric_mask_scalar(const float* x, float* y, MaskWriter* bits, int64_t begin, int64_t n,
+                                      const float* scale, int64_t param_stride, int32_t bin, RoundMode round,
+                                      GradMask mask) {
+  const float fbin = static_cast<float>(bin);
+  for (int64_t i = begin; i < n; ++i) {
+    const float s = scale[i * param_stride];
+    const float m = fbin * paddle_inverse(s);
+    const float v = x[i];
+    const float clipped = std::fmin(std::fmax(v, -s), s);
+    const float q = round_scalar(clipped * m, round);
+    y[i] = std::isnan(v) ? v : (q * s) / fbin;
+    bits->put(symmetric_keep_scalar(v, s, mask), 1);
+  }
+}
+
+template <bool kPerElement, RoundMode kRound>
+void fake_quant_symmetric_mask_lanes(const float* x, float* y, MaskWriter* bits, int64_t n, const float* scale,
+                                     int32_t bin, GradMask mask) {
+  const float32x4_t fbin = vdupq_n_f32(static_cast<float>(bin));
+  const uint8x8_t weights = lane_bit_weights();
+  auto step = [&](int64_t i) {
+    const float32x4_t s = load_scale<kPerElement>(scale, i);
+    const float32x4_t m = vmulq_f32(fbin, paddle_inverse_lanes(s));
+    const float32x4_t v = vld1q_f32(x + i);
+    const float32x4_t clipped = vminnmq_f32(vmaxnmq_f32(v, vnegq_f32(s)), s);
+    const float32x4_t q = round_lanes<kRound>(vmulq_f32(clipped, m));
+    const float32x4_t out = vdivq_f32(vmulq_f32(q, s), fbin);
+    vst1q_f32(y + i, vbslq_f32(nan_lanes(v), v, out));
+    return symmetric_keep(v, s, mask);
+  };
+  int64_t i = 0;
+  for (; i + 2 * kLanes <= n; i += 2 * kLanes) {
+    const uint32x4_t k0 = step(i);
+    const uint32x4_t k1 = step(i + kLanes);
+    bits->put8(pack_keep_bits(k0, k1, weights));
+  }
+  if (i + kLanes <= n) {
+    bits->put(pack_keep_bits(step(i), vdupq_n_u32(0), weights), kLanes);
+    i += kLanes;
+  }
+  fake_quant_symmetric_mask_scalar(x, y, bits, i, n, scale, kPerElement ? 1 : 0, bin, kRound, mask);
+}
+
+void fake_quant_symmetric_mask(const float* x, float* y, uint8_t* mask_bits, int64_t bit_offset, int64_t n,
+                               const float* scale, int64_t param_stride, int32_t bin, RoundMode round, GradMask mask) {
+  if (n <= 0) return;
+  MaskWriter bits(mask_bits, bit_offset);
+  const bool even = round == RoundMode::kHalfToEven;
+  if (param_stride == 0) {
+    even ? fake_quant_symmetric_mask_lanes<false, RoundMode::kHalfToEven>(x, y, &bits, n, scale, bin, mask)
+         : fake_quant_symmetric_mask_lanes<false, RoundMode::kHalfAwayFromZero>(x, y, &bits, n, scale, bin, mask);
+  } else if (param_stride == 1) {
+    even ? fake_quant_symmetric_mask_lanes<true, RoundMode::kHalfToEven>(x, y, &bits, n, scale, bin, mask)
+         : fake_quant_symmetric_mask_lanes<true, RoundMode::kHalfAwayFromZero>(x, y, &bits, n, scale, bin, mask);
+  } else {
+    fake_quant_symmetric_mask_scalar(x, y, &bits, 0, n, scale, param_stride, bin, round, mask);
+  }
+  bits.finish();
+}
+
+// grad_x = mask bit ? grad : 0, eight elements per mask byte (shifted into place when the span starts inside
+// a byte; the second byte read then still holds bits of this span).
+template <bool kShift>
+void apply_mask_lanes(const float* grad, const uint8_t* bits, unsigned shift, float* grad_x, int64_t n) {
+  const uint8x8_t weights = lane_bit_weights();
+  int64_t i = 0;
+  for (; i + 2 * kLanes <= n; i += 2 * kLanes) {
+    const uint8_t* p = bits + i / 8;
+    unsigned b = p[0];
+    if constexpr (kShift) b = (b | (static_cast<unsigned>(p[1]) << 8)) >> shift;
+    uint32x4_t k0, k1;
+    expand_keep_bits(b, weights, &k0, &k1);
+    vst1q_f32(grad_x + i, vreinterpretq_f32_u32(vandq_u32(k0, vreinterpretq_u32_f32(vld1q_f32(grad + i)))));
+    vst1q_f32(grad_x + i + kLanes,
+              vreinterpretq_f32_u32(vandq_u32(k1, vreinterpretq_u32_f32(vld1q_f32(grad + i + kLanes)))));
+  }
+  for (; i < n; ++i) {
+    const int64_t b = shift + i;
+    grad_x[i] = ((bits[b / 8] >> (b % 8)) & 1u) ? grad[i] : 0.0f;
+  }
+}
+
+void apply_grad_mask(const float* grad, const uint8_t* mask_bits, int64_t bit_offset, float* grad_x, int64_t n) {
+  if (n <= 0) return;
+  const unsigned shift = static_cast<unsigned>(bit_offset);
+  shift ? apply_mask_lanes<true>(grad, mask_bits, shift, grad_x, n)
+        : apply_mask_lanes<false>(grad, mask_bits, 0, grad_x, n);
+}
+
 }  // namespace
 }  // namespace neon
 
@@ -652,6 +870,9 @@ void fill_neon_kernels(KernelTable* t) {
   t->fake_quant_symmetric_backward = neon::fake_quant_symmetric_backward;
   t->fake_quant_affine = neon::fake_quant_affine;
   t->fake_quant_affine_backward = neon::fake_quant_affine_backward;
+  t->fake_quant_affine_mask = neon::fake_quant_affine_mask;
+  t->fake_quant_symmetric_mask = neon::fake_quant_symmetric_mask;
+  t->apply_grad_mask = neon::apply_grad_mask;
   t->quantize_int8 = neon::quantize<int8_t>;
   t->quantize_int16 = neon::quantize<int16_t>;
   t->dequantize_int8 = neon::dequantize_int8;

@@ -111,11 +111,15 @@ __device__ __forceinline__ float symmetric_value(float v, float s, float fbin, R
   return isnan(v) ? v : __fdiv_rn(__fmul_rn(q, s), fbin);
 }
 
-__device__ __forceinline__ float symmetric_grad_x(float v, float g, float s, GradMask mask) {
+__device__ __forceinline__ bool symmetric_keep(float v, float s, GradMask mask) {
   bool keep = true;
   if (mask == GradMask::kInclusive) keep = fabsf(v) <= s;
   if (mask == GradMask::kStrict) keep = fabsf(v) < s;
-  return keep ? g : 0.0f;
+  return keep;
+}
+
+__device__ __forceinline__ float symmetric_grad_x(float v, float g, float s, GradMask mask) {
+  return symmetric_keep(v, s, mask) ? g : 0.0f;
 }
 
 // The LSQ/PACT scale-gradient coefficient c of kernels.h.
@@ -557,6 +561,80 @@ struct DequantizeForward {
   __device__ float operator()(Q q, int64_t c) const { return dequantize_value<Q>(q, scale[c], zero_point[c]); }
 };
 
+// ---------------------------------------------------------------------------------------------------------
+// Forward + gradient-mask bits: one warp covers 32 consecutive elements, __ballot_sync gathers their keep
+// bits into one word and lanes 0-3 store its four bytes (byte stores: the mask needs no alignment). Lanes
+// past n vote 0, which clears the padding bits of the last byte. The loop is warp-uniform (every lane runs
+// the same iterations), so the full-mask ballot is safe.
+// ---------------------------------------------------------------------------------------------------------
+
+template <class F>
+__global__ void __launch_bounds__(kThreads)
+    mask_forward_kernel(const float* x, float* y, uint8_t* mask, int64_t n, ChannelMap map, F f) {
+  const int lane = threadIdx.x % kWarp;
+  const int64_t warp = (static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x) / kWarp;
+  const int64_t warps = static_cast<int64_t>(gridDim.x) * blockDim.x / kWarp;
+  const int64_t mask_bytes = ceil_div(n, 8);
+  for (int64_t base = warp * kWarp; base < n; base += warps * kWarp) {
+    const int64_t i = base + lane;
+    bool keep = false;
+    if (i < n) {
+      int64_t c, k;
+      map.locate(i, &c, &k);
+      y[i] = f(x[i], c, &keep);
+    }
+    const unsigned word = __ballot_sync(0xffffffffu, keep);
+    const int64_t byte = base / 8 + lane;
+    if (lane < 4 && byte < mask_bytes) mask[byte] = static_cast<uint8_t>(word >> (8 * lane));
+  }
+}
+
+struct SymmetricMaskForward {
+  const float* scale;
+  float fbin;
+  RoundMode round;
+  GradMask mask;
+  __device__ float operator()(float v, int64_t c, bool* keep) const {
+    const float s = scale[c];
+    *keep = symmetric_keep(v, s, mask);
+    return symmetric_value(v, s, fbin, round);
+  }
+};
+
+struct AffineMaskForward {
+  const float* scale;
+  const int32_t* zero_point;
+  float lo;
+  float hi;
+  RoundMode round;
+  __device__ float operator()(float v, int64_t c, bool* keep) const {
+    const float s = scale[c];
+    const float zp = static_cast<float>(zero_point[c]);
+    const float q = __fadd_rn(round_value(__fmul_rn(v, __fdiv_rn(1.0f, s)), round), zp);
+    *keep = (q >= lo) && (q <= hi);  // false for NaN, as the x-based backward
+    return affine_value(v, s, zero_point[c], lo, hi, round);
+  }
+};
+
+template <class F>
+void launch_mask_forward(const float* x, float* y, uint8_t* mask, const Shape& shape, const F& f, intptr_t stream,
+                         const char* name) {
+  if (shape.numel == 0) return;
+  const ChannelMap map{shape.inner, shape.channels, shape.numel <= static_cast<int64_t>(UINT32_MAX)};
+  const int64_t blocks = std::min(ceil_div(shape.numel, kThreads), resident_blocks());
+  mask_forward_kernel<<<static_cast<unsigned>(blocks), kThreads, 0, as_stream(stream)>>>(x, y, mask, shape.numel,
+                                                                                         map, f);
+  check_launch(name);
+}
+
+__global__ void __launch_bounds__(kThreads)
+    apply_grad_mask_kernel(const float* grad, const uint8_t* mask, float* grad_x, int64_t n) {
+  const int64_t step = static_cast<int64_t>(gridDim.x) * blockDim.x;
+  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += step) {
+    grad_x[i] = ((mask[i >> 3] >> (i & 7)) & 1u) ? grad[i] : 0.0f;
+  }
+}
+
 __global__ void moving_average_kernel(float* state, float* accum, float* scale, float rate) {
   const float abs_max = *scale;  // written by the abs-max reduction just before, on the same stream
   const float new_state = __fadd_rn(__fmul_rn(rate, *state), 1.0f);
@@ -651,6 +729,25 @@ void fake_quant_affine_backward(const float* x, const float* grad, float* grad_x
   const AffineBackwardVisit visit{x, grad, grad_x, scale, zero_point, lo, hi, round, mask, grad_scale,
                                   grad_zero_point};
   launch_reduction(visit, shape, stream, "fake_quant_affine_backward");
+}
+
+void fake_quant_symmetric_mask(const float* x, float* y, uint8_t* mask, const ChannelLayout& layout,
+                               const float* scale, int32_t bin, RoundMode round, GradMask grad_mask, intptr_t stream) {
+  const SymmetricMaskForward f{scale, static_cast<float>(bin), round, grad_mask};
+  launch_mask_forward(x, y, mask, shape_of(layout), f, stream, "fake_quant_symmetric_mask");
+}
+
+void fake_quant_affine_mask(const float* x, float* y, uint8_t* mask, const ChannelLayout& layout, const float* scale,
+                            const int32_t* zero_point, int32_t qmin, int32_t qmax, RoundMode round, intptr_t stream) {
+  const AffineMaskForward f{scale, zero_point, static_cast<float>(qmin), static_cast<float>(qmax), round};
+  launch_mask_forward(x, y, mask, shape_of(layout), f, stream, "fake_quant_affine_mask");
+}
+
+void apply_grad_mask(const float* grad, const uint8_t* mask, float* grad_x, int64_t n, intptr_t stream) {
+  if (n <= 0) return;
+  const int64_t blocks = std::min(ceil_div(n, kThreads), resident_blocks());
+  apply_grad_mask_kernel<<<static_cast<unsigned>(blocks), kThreads, 0, as_stream(stream)>>>(grad, mask, grad_x, n);
+  check_launch("apply_grad_mask");
 }
 
 void moving_average_update(const float* x, int64_t n, float* state, float* accum, float* scale, float moving_rate,

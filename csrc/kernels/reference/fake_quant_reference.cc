@@ -126,6 +126,83 @@ void fake_quant_affine_backward(const float* x, const float* grad, float* grad_x
   }
 }
 
+// Writes mask bits one element at a time with the layout of kernels.h: keeps the bits below bit_offset in
+// the first byte and leaves the bits past the span in the last byte cleared.
+class MaskWriter {
+ public:
+  MaskWriter(uint8_t* bits, int64_t bit_offset)
+      : byte_(bits), used_(static_cast<int>(bit_offset)),
+        pending_(bit_offset ? static_cast<unsigned>(bits[0]) & ((1u << bit_offset) - 1u) : 0u) {}
+  void put(bool keep) {
+    pending_ |= static_cast<unsigned>(keep) << used_;
+    if (++used_ == 8) {
+      *byte_++ = static_cast<uint8_t>(pending_);
+      pending_ = 0;
+      used_ = 0;
+    }
+  }
+  void finish() {
+    if (used_) *byte_ = static_cast<uint8_t>(pending_);
+  }
+
+ private:
+  uint8_t* byte_;
+  int used_;
+  unsigned pending_;
+};
+
+inline bool mask_bit(const uint8_t* bits, int64_t bit_offset, int64_t j) {
+  const int64_t b = bit_offset + j;
+  return (bits[b / 8] >> (b % 8)) & 1u;
+}
+
+inline bool symmetric_keep(float v, float s, GradMask mask) {
+  if (mask == GradMask::kInclusive) return std::fabs(v) <= s;
+  if (mask == GradMask::kStrict) return std::fabs(v) < s;
+  return true;
+}
+
+void fake_quant_affine_mask(const float* x, float* y, uint8_t* mask_bits, int64_t bit_offset, int64_t n,
+                            const float* scale, const int32_t* zero_point, int64_t param_stride, int32_t qmin,
+                            int32_t qmax, RoundMode round) {
+  if (n <= 0) return;
+  const float lo = static_cast<float>(qmin), hi = static_cast<float>(qmax);
+  MaskWriter out(mask_bits, bit_offset);
+  for (int64_t i = 0; i < n; ++i) {
+    const float s = scale[i * param_stride];
+    const float zp = static_cast<float>(zero_point[i * param_stride]);
+    const float inv = 1.0f / s;
+    const float v = x[i];
+    const float q = round_value(v * inv, round) + zp;
+    const float c = std::fmin(std::fmax(q, lo), hi);
+    y[i] = std::isnan(v) ? v : (c - zp) * s;
+    out.put((q >= lo) && (q <= hi));  // fake_quant_affine_backward's `inside`
+  }
+  out.finish();
+}
+
+void fake_quant_symmetric_mask(const float* x, float* y, uint8_t* mask_bits, int64_t bit_offset, int64_t n,
+                               const float* scale, int64_t param_stride, int32_t bin, RoundMode round,
+                               GradMask mask) {
+  if (n <= 0) return;
+  const float fbin = static_cast<float>(bin);
+  MaskWriter out(mask_bits, bit_offset);
+  for (int64_t i = 0; i < n; ++i) {
+    const float s = scale[i * param_stride];
+    const float m = fbin * paddle_inverse(s);
+    const float v = x[i];
+    const float clipped = std::fmin(std::fmax(v, -s), s);
+    const float q = round_value(clipped * m, round);
+    y[i] = std::isnan(v) ? v : (q * s) / fbin;
+    out.put(symmetric_keep(v, s, mask));
+  }
+  out.finish();
+}
+
+void apply_grad_mask(const float* grad, const uint8_t* mask_bits, int64_t bit_offset, float* grad_x, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) grad_x[i] = mask_bit(mask_bits, bit_offset, i) ? grad[i] : 0.0f;
+}
+
 template <typename Q>
 void quantize(const float* x, Q* out, int64_t n, const float* scale, const int32_t* zero_point, int64_t param_stride,
               int32_t qmin, int32_t qmax, RoundMode round) {
@@ -159,6 +236,9 @@ void fill_reference_kernels(KernelTable* t) {
   t->fake_quant_symmetric_backward = reference::fake_quant_symmetric_backward;
   t->fake_quant_affine = reference::fake_quant_affine;
   t->fake_quant_affine_backward = reference::fake_quant_affine_backward;
+  t->fake_quant_affine_mask = reference::fake_quant_affine_mask;
+  t->fake_quant_symmetric_mask = reference::fake_quant_symmetric_mask;
+  t->apply_grad_mask = reference::apply_grad_mask;
   t->quantize_int8 = reference::quantize<int8_t>;
   t->quantize_int16 = reference::quantize<int16_t>;
   t->dequantize_int8 = reference::dequantize<int8_t>;

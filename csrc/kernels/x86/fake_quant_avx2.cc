@@ -115,6 +115,59 @@ struct Pad {
   Pad(const T* src, int64_t r, T fill) : Pad(fill) { std::memcpy(v, src, static_cast<size_t>(r) * sizeof(T)); }
 };
 
+// Appends gradient-mask bits to a bit array with the layout of kernels.h (element j of the span is bit
+// bit_offset + j): keeps the bits below bit_offset in the first byte, leaves the bits past the span cleared.
+// At most 7 bits are ever pending, so put8 / put32 always complete exactly one / four bytes.
+class MaskWriter {
+ public:
+  MaskWriter(uint8_t* bits, int64_t bit_offset)
+      : byte_(bits), used_(static_cast<unsigned>(bit_offset)),
+        pending_(bit_offset ? static_cast<unsigned>(bits[0]) & ((1u << bit_offset) - 1u) : 0u) {}
+  void put8(unsigned b) {
+    pending_ |= static_cast<uint64_t>(b) << used_;
+    *byte_++ = static_cast<uint8_t>(pending_);
+    pending_ >>= 8;
+  }
+  void put32(uint32_t b) {
+    pending_ |= static_cast<uint64_t>(b) << used_;
+    const uint32_t done = static_cast<uint32_t>(pending_);
+    std::memcpy(byte_, &done, sizeof(done));
+    byte_ += 4;
+    pending_ >>= 32;
+  }
+  // The low `count` (<= 8) bits of b.
+  void put(unsigned b, int64_t count) {
+    pending_ |= static_cast<uint64_t>(b & ((1u << count) - 1u)) << used_;
+    used_ += static_cast<unsigned>(count);
+    if (used_ >= 8) {
+      *byte_++ = static_cast<uint8_t>(pending_);
+      pending_ >>= 8;
+      used_ -= 8;
+    }
+  }
+  void finish() {
+    if (used_) *byte_ = static_cast<uint8_t>(pending_);
+  }
+
+ private:
+  uint8_t* byte_;
+  unsigned used_;
+  uint64_t pending_;
+};
+
+// vector_loop for steps that return their 8 lanes' mask bits: four steps' bits go out as one 32-bit store.
+// (The four steps write disjoint outputs, so the unspecified order of the | operands does not matter.)
+template <typename Step>
+inline int64_t vector_loop_bits(int64_t n, MaskWriter& bits, Step&& step) {
+  int64_t i = 0;
+  for (; i + 4 * kW <= n; i += 4 * kW) {
+    const uint32_t b0 = step(i), b1 = step(i + kW), b2 = step(i + 2 * kW), b3 = step(i + 3 * kW);
+    bits.put32(b0 | (b1 << 8) | (b2 << 16) | (b3 << 24));
+  }
+  for (; i + kW <= n; i += kW) bits.put8(step(i));
+  return i;
+}
+
 // ---------------------------------------------------------------------------------------------------------
 // Reductions
 // ---------------------------------------------------------------------------------------------------------
@@ -168,11 +221,18 @@ void abs_max_accumulate(const float* x, int64_t n, float* acc) {
 // Symmetric fake quantization
 // ---------------------------------------------------------------------------------------------------------
 
-template <bool kPer, RoundMode R>
-void fq_symmetric(const float* x, float* y, int64_t n, const float* scale, int32_t bin) {
+// kMask: also writes the backward's keep bit of every element (see kernels.h fake_quant_symmetric_mask).
+template <bool kPer, RoundMode R, bool kMask>
+void fq_symmetric(const float* x, float* y, int64_t n, const float* scale, int32_t bin, uint8_t* mask_bits = nullptr,
+                  int64_t bit_offset = 0, GradMask mask = GradMask::kNone) {
   const __m256 fbin = _mm256_set1_ps(static_cast<float>(bin));
   const __m256 s0 = _mm256_set1_ps(scale[0]);
   const __m256 m0 = _mm256_mul_ps(fbin, paddle_inverse_ps(s0));
+  const __m256 ones = _mm256_castsi256_ps(_mm256_set1_epi32(-1)), zero = _mm256_setzero_ps();
+  const __m256 keep_all = mask == GradMask::kNone ? ones : zero;
+  const __m256 use_le = mask == GradMask::kInclusive ? ones : zero;
+  const __m256 use_lt = mask == GradMask::kStrict ? ones : zero;
+  // Returns the keep bits of the 8 lanes when kMask.
   auto step = [&](const float* xp, float* yp, const float* sp) {
     __m256 s = s0, m = m0;
     if constexpr (kPer) {
@@ -184,15 +244,31 @@ void fq_symmetric(const float* x, float* y, int64_t n, const float* scale, int32
     const __m256 q = round_ps<R>(_mm256_mul_ps(clipped, m));
     const __m256 out = _mm256_div_ps(_mm256_mul_ps(q, s), fbin);
     _mm256_storeu_ps(yp, _mm256_blendv_ps(out, v, isnan_ps(v)));
+    if constexpr (kMask) {
+      const __m256 av = abs_ps(v);
+      const __m256 keep = _mm256_or_ps(keep_all, _mm256_or_ps(_mm256_and_ps(use_le, _mm256_cmp_ps(av, s, _CMP_LE_OQ)),
+                                                              _mm256_and_ps(use_lt, _mm256_cmp_ps(av, s, _CMP_LT_OQ))));
+      return static_cast<unsigned>(_mm256_movemask_ps(keep));
+    } else {
+      return 0u;
+    }
   };
-  const int64_t i = vector_loop(n, [&](int64_t j) { step(x + j, y + j, kPer ? scale + j : scale); });
+  MaskWriter bits(mask_bits, kMask ? bit_offset : 0);
+  int64_t i;
+  if constexpr (kMask) {
+    i = vector_loop_bits(n, bits, [&](int64_t j) { return step(x + j, y + j, kPer ? scale + j : scale); });
+  } else {
+    i = vector_loop(n, [&](int64_t j) { step(x + j, y + j, kPer ? scale + j : scale); });
+  }
   if (i < n) {
     const int64_t r = n - i;
     const Pad<float> xt(x + i, r, 0.0f), st(kPer ? scale + i : scale, kPer ? r : 1, 1.0f);
     Pad<float> yt(0.0f);
-    step(xt.v, yt.v, st.v);
+    const unsigned b = step(xt.v, yt.v, st.v);
     std::memcpy(y + i, yt.v, static_cast<size_t>(r) * sizeof(float));
+    if constexpr (kMask) bits.put(b, r);
   }
+  if constexpr (kMask) bits.finish();
 }
 
 template <bool kPer, RoundMode R, bool kSum>
@@ -291,11 +367,13 @@ struct AffineSource {
   }
 };
 
-template <bool kPer, RoundMode R>
+// kMask: also writes the backward's inside bit of every element (see kernels.h fake_quant_affine_mask).
+template <bool kPer, RoundMode R, bool kMask>
 void fq_affine(const float* x, float* y, int64_t n, const float* scale, const int32_t* zero_point, int32_t qmin,
-               int32_t qmax) {
+               int32_t qmax, uint8_t* mask_bits = nullptr, int64_t bit_offset = 0) {
   const __m256 lo = _mm256_set1_ps(static_cast<float>(qmin)), hi = _mm256_set1_ps(static_cast<float>(qmax));
   const AffineSource<kPer> src(scale, zero_point);
+  // Returns the inside bits of the 8 lanes when kMask.
   auto step = [&](const float* xp, float* yp, const float* sp, const int32_t* zpp) {
     const Affine a = src.at(sp, zpp);
     const __m256 v = _mm256_loadu_ps(xp);
@@ -303,17 +381,74 @@ void fq_affine(const float* x, float* y, int64_t n, const float* scale, const in
     const __m256 c = _mm256_min_ps(_mm256_max_ps(q, lo), hi);  // NaN q -> lo, as fmax(q, lo)
     const __m256 out = _mm256_mul_ps(_mm256_sub_ps(c, a.zp), a.s);
     _mm256_storeu_ps(yp, _mm256_blendv_ps(out, v, isnan_ps(v)));
+    if constexpr (kMask) {
+      const __m256 inside = _mm256_and_ps(_mm256_cmp_ps(q, lo, _CMP_GE_OQ), _mm256_cmp_ps(q, hi, _CMP_LE_OQ));
+      return static_cast<unsigned>(_mm256_movemask_ps(inside));
+    } else {
+      return 0u;
+    }
   };
-  const int64_t i = vector_loop(n, [&](int64_t j) {
-    step(x + j, y + j, kPer ? scale + j : scale, kPer ? zero_point + j : zero_point);
-  });
+  MaskWriter bits(mask_bits, kMask ? bit_offset : 0);
+  auto at = [&](int64_t j) { return step(x + j, y + j, kPer ? scale + j : scale, kPer ? zero_point + j : zero_point); };
+  int64_t i;
+  if constexpr (kMask) {
+    i = vector_loop_bits(n, bits, at);
+  } else {
+    i = vector_loop(n, at);
+  }
   if (i < n) {
     const int64_t r = n - i, pr = kPer ? r : 1;
     const Pad<float> xt(x + i, r, 0.0f), st(kPer ? scale + i : scale, pr, 1.0f);
     const Pad<int32_t> zt(kPer ? zero_point + i : zero_point, pr, 0);
     Pad<float> yt(0.0f);
-    step(xt.v, yt.v, st.v, zt.v);
+    const unsigned b = step(xt.v, yt.v, st.v, zt.v);
     std::memcpy(y + i, yt.v, static_cast<size_t>(r) * sizeof(float));
+    if constexpr (kMask) bits.put(b, r);
+  }
+  if constexpr (kMask) bits.finish();
+}
+
+// grad_x = mask bit ? grad : 0. The bits of 32 elements are read as one word (shifted into place when the
+// span starts inside a byte); group k of 8 lanes tests bits 8k..8k+7 of the broadcast word.
+template <bool kShift>
+void apply_mask(const float* grad, const uint8_t* bits, unsigned shift, float* grad_x, int64_t n) {
+  // Lane l of group k tests bit 8k + l.
+  const __m256i bit0 = _mm256_setr_epi32(1 << 0, 1 << 1, 1 << 2, 1 << 3, 1 << 4, 1 << 5, 1 << 6, 1 << 7);
+  const __m256i bit1 = _mm256_slli_epi32(bit0, 8), bit2 = _mm256_slli_epi32(bit0, 16);
+  const __m256i bit3 = _mm256_slli_epi32(bit0, 24);
+  auto step = [&](const float* gp, float* gxp, __m256i word, __m256i bit) {
+    const __m256 keep = _mm256_castsi256_ps(_mm256_cmpeq_epi32(_mm256_and_si256(word, bit), bit));
+    _mm256_storeu_ps(gxp, _mm256_and_ps(keep, _mm256_loadu_ps(gp)));
+  };
+  int64_t i = 0;
+  for (; i + 4 * kW <= n; i += 4 * kW) {
+    const uint8_t* p = bits + i / 8;
+    uint32_t w;
+    std::memcpy(&w, p, sizeof(w));
+    // With a shift the 32 bits reach into a fifth byte, which belongs to this span (shift + i + 31 < shift + n).
+    if constexpr (kShift) w = static_cast<uint32_t>((w | (static_cast<uint64_t>(p[4]) << 32)) >> shift);
+    const __m256i word = _mm256_set1_epi32(static_cast<int>(w));
+    step(grad + i, grad_x + i, word, bit0);
+    step(grad + i + kW, grad_x + i + kW, word, bit1);
+    step(grad + i + 2 * kW, grad_x + i + 2 * kW, word, bit2);
+    step(grad + i + 3 * kW, grad_x + i + 3 * kW, word, bit3);
+  }
+  for (; i + kW <= n; i += kW) {
+    const uint8_t* p = bits + i / 8;
+    unsigned b = p[0];
+    if constexpr (kShift) b = (b | (static_cast<unsigned>(p[1]) << 8)) >> shift;
+    step(grad + i, grad_x + i, _mm256_set1_epi32(static_cast<int>(b)), bit0);
+  }
+  if (i < n) {
+    const int64_t r = n - i;
+    const uint8_t* p = bits + i / 8;
+    unsigned b = p[0];
+    if (shift + r > 8) b |= static_cast<unsigned>(p[1]) << 8;  // read only bytes that hold span bits
+    b >>= shift;
+    const Pad<float> gt(grad + i, r, 0.0f);
+    Pad<float> gxt(0.0f);
+    step(gt.v, gxt.v, _mm256_set1_epi32(static_cast<int>(b)), bit0);
+    std::memcpy(grad_x + i, gxt.v, static_cast<size_t>(r) * sizeof(float));
   }
 }
 
@@ -470,11 +605,24 @@ void fake_quant_symmetric(const float* x, float* y, int64_t n, const float* scal
   if (n <= 0) return;
   const bool even = round == RoundMode::kHalfToEven;
   if (param_stride) {
-    even ? fq_symmetric<true, RoundMode::kHalfToEven>(x, y, n, scale, bin)
-         : fq_symmetric<true, RoundMode::kHalfAwayFromZero>(x, y, n, scale, bin);
+    even ? fq_symmetric<true, RoundMode::kHalfToEven, false>(x, y, n, scale, bin)
+         : fq_symmetric<true, RoundMode::kHalfAwayFromZero, false>(x, y, n, scale, bin);
   } else {
-    even ? fq_symmetric<false, RoundMode::kHalfToEven>(x, y, n, scale, bin)
-         : fq_symmetric<false, RoundMode::kHalfAwayFromZero>(x, y, n, scale, bin);
+    even ? fq_symmetric<false, RoundMode::kHalfToEven, false>(x, y, n, scale, bin)
+         : fq_symmetric<false, RoundMode::kHalfAwayFromZero, false>(x, y, n, scale, bin);
+  }
+}
+
+void fake_quant_symmetric_mask(const float* x, float* y, uint8_t* mask_bits, int64_t bit_offset, int64_t n,
+                               const float* scale, int64_t param_stride, int32_t bin, RoundMode round, GradMask mask) {
+  if (n <= 0) return;
+  const bool even = round == RoundMode::kHalfToEven;
+  if (param_stride) {
+    even ? fq_symmetric<true, RoundMode::kHalfToEven, true>(x, y, n, scale, bin, mask_bits, bit_offset, mask)
+         : fq_symmetric<true, RoundMode::kHalfAwayFromZero, true>(x, y, n, scale, bin, mask_bits, bit_offset, mask);
+  } else {
+    even ? fq_symmetric<false, RoundMode::kHalfToEven, true>(x, y, n, scale, bin, mask_bits, bit_offset, mask)
+         : fq_symmetric<false, RoundMode::kHalfAwayFromZero, true>(x, y, n, scale, bin, mask_bits, bit_offset, mask);
   }
 }
 
@@ -510,12 +658,35 @@ void fake_quant_affine(const float* x, float* y, int64_t n, const float* scale, 
   if (n <= 0) return;
   const bool even = round == RoundMode::kHalfToEven;
   if (param_stride) {
-    even ? fq_affine<true, RoundMode::kHalfToEven>(x, y, n, scale, zero_point, qmin, qmax)
-         : fq_affine<true, RoundMode::kHalfAwayFromZero>(x, y, n, scale, zero_point, qmin, qmax);
+    even ? fq_affine<true, RoundMode::kHalfToEven, false>(x, y, n, scale, zero_point, qmin, qmax)
+         : fq_affine<true, RoundMode::kHalfAwayFromZero, false>(x, y, n, scale, zero_point, qmin, qmax);
   } else {
-    even ? fq_affine<false, RoundMode::kHalfToEven>(x, y, n, scale, zero_point, qmin, qmax)
-         : fq_affine<false, RoundMode::kHalfAwayFromZero>(x, y, n, scale, zero_point, qmin, qmax);
+    even ? fq_affine<false, RoundMode::kHalfToEven, false>(x, y, n, scale, zero_point, qmin, qmax)
+         : fq_affine<false, RoundMode::kHalfAwayFromZero, false>(x, y, n, scale, zero_point, qmin, qmax);
   }
+}
+
+void fake_quant_affine_mask(const float* x, float* y, uint8_t* mask_bits, int64_t bit_offset, int64_t n,
+                            const float* scale, const int32_t* zero_point, int64_t param_stride, int32_t qmin,
+                            int32_t qmax, RoundMode round) {
+  if (n <= 0) return;
+  const bool even = round == RoundMode::kHalfToEven;
+  if (param_stride) {
+    even ? fq_affine<true, RoundMode::kHalfToEven, true>(x, y, n, scale, zero_point, qmin, qmax, mask_bits, bit_offset)
+         : fq_affine<true, RoundMode::kHalfAwayFromZero, true>(x, y, n, scale, zero_point, qmin, qmax, mask_bits,
+                                                               bit_offset);
+  } else {
+    even ? fq_affine<false, RoundMode::kHalfToEven, true>(x, y, n, scale, zero_point, qmin, qmax, mask_bits,
+                                                          bit_offset)
+         : fq_affine<false, RoundMode::kHalfAwayFromZero, true>(x, y, n, scale, zero_point, qmin, qmax, mask_bits,
+                                                                bit_offset);
+  }
+}
+
+void apply_grad_mask(const float* grad, const uint8_t* mask_bits, int64_t bit_offset, float* grad_x, int64_t n) {
+  if (n <= 0) return;
+  const unsigned shift = static_cast<unsigned>(bit_offset);
+  shift ? apply_mask<true>(grad, mask_bits, shift, grad_x, n) : apply_mask<false>(grad, mask_bits, 0, grad_x, n);
 }
 
 template <bool kPer, RoundMode R>
@@ -585,6 +756,9 @@ void fill_avx2_kernels(KernelTable* t) {
   t->fake_quant_symmetric_backward = avx2::fake_quant_symmetric_backward;
   t->fake_quant_affine = avx2::fake_quant_affine;
   t->fake_quant_affine_backward = avx2::fake_quant_affine_backward;
+  t->fake_quant_affine_mask = avx2::fake_quant_affine_mask;
+  t->fake_quant_symmetric_mask = avx2::fake_quant_symmetric_mask;
+  t->apply_grad_mask = avx2::apply_grad_mask;
   t->quantize_int8 = avx2::quantize_entry<int8_t>;
   t->quantize_int16 = avx2::quantize_entry<int16_t>;
   t->dequantize_int8 = avx2::dequantize_entry<int8_t>;

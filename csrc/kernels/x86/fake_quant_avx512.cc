@@ -128,6 +128,51 @@ inline void vector_loop(int64_t n, Step&& step) {
   if (i < n) step(i, tail_mask(n - i), Tail{});
 }
 
+// Appends gradient-mask bits to a bit array with the layout of kernels.h (element j of the span is bit
+// bit_offset + j): keeps the bits below bit_offset in the first byte, leaves the bits past the span cleared.
+// At most 7 bits are ever pending, so put16 always completes exactly two bytes.
+class MaskWriter {
+ public:
+  MaskWriter(uint8_t* bits, int64_t bit_offset)
+      : byte_(bits), used_(static_cast<unsigned>(bit_offset)),
+        pending_(bit_offset ? static_cast<unsigned>(bits[0]) & ((1u << bit_offset) - 1u) : 0u) {}
+  void put16(unsigned b) {
+    pending_ |= b << used_;
+    const uint16_t done = static_cast<uint16_t>(pending_);
+    std::memcpy(byte_, &done, sizeof(done));
+    byte_ += 2;
+    pending_ >>= 16;
+  }
+  // The low `count` (<= 16) bits of b.
+  void put(unsigned b, int64_t count) {
+    pending_ |= (b & ((1u << count) - 1u)) << used_;
+    used_ += static_cast<unsigned>(count);
+    while (used_ >= 8) {
+      *byte_++ = static_cast<uint8_t>(pending_);
+      pending_ >>= 8;
+      used_ -= 8;
+    }
+  }
+  void finish() {
+    if (used_) *byte_ = static_cast<uint8_t>(pending_);
+  }
+
+ private:
+  uint8_t* byte_;
+  unsigned used_;
+  unsigned pending_;
+};
+
+// Appends the keep bits of one vector step: 16 lanes, or the n - i valid lanes of the tail step at i.
+template <bool kT>
+inline void put_bits(MaskWriter& w, __mmask16 keep, int64_t i, int64_t n) {
+  if constexpr (kT) {
+    w.put(keep, n - i);
+  } else {
+    w.put16(keep);
+  }
+}
+
 // ---------------------------------------------------------------------------------------------------------
 // Reductions
 // ---------------------------------------------------------------------------------------------------------
@@ -167,11 +212,17 @@ void abs_max_accumulate(const float* x, int64_t n, float* acc) {
 // Symmetric fake quantization
 // ---------------------------------------------------------------------------------------------------------
 
-template <bool kPer, RoundMode R>
-void fq_symmetric(const float* x, float* y, int64_t n, const float* scale, int32_t bin) {
+// kMask: also writes the backward's keep bit of every element (see kernels.h fake_quant_symmetric_mask).
+template <bool kPer, RoundMode R, bool kMask>
+void fq_symmetric(const float* x, float* y, int64_t n, const float* scale, int32_t bin, uint8_t* mask_bits = nullptr,
+                  int64_t bit_offset = 0, GradMask mask = GradMask::kNone) {
   const __m512 fbin = _mm512_set1_ps(static_cast<float>(bin));
   const __m512 s0 = _mm512_set1_ps(scale[0]);
   const __m512 m0 = _mm512_mul_ps(fbin, paddle_inverse_ps(s0));
+  const __mmask16 keep_all = mask == GradMask::kNone ? 0xffff : 0;
+  const __mmask16 use_le = mask == GradMask::kInclusive ? 0xffff : 0;
+  const __mmask16 use_lt = mask == GradMask::kStrict ? 0xffff : 0;
+  MaskWriter bits(mask_bits, kMask ? bit_offset : 0);
   vector_loop(n, [&](int64_t i, __mmask16 k, auto tail) {
     constexpr bool kT = decltype(tail)::value;
     __m512 s = s0, m = m0;
@@ -184,7 +235,14 @@ void fq_symmetric(const float* x, float* y, int64_t n, const float* scale, int32
     const __m512 q = round_ps<R>(_mm512_mul_ps(clipped, m));
     const __m512 out = _mm512_div_ps(_mm512_mul_ps(q, s), fbin);
     storef<kT>(y + i, k, _mm512_mask_mov_ps(out, isnan_mask(v), v));
+    if constexpr (kMask) {
+      const __m512 av = _mm512_abs_ps(v);
+      const __mmask16 keep = keep_all | _mm512_mask_cmp_ps_mask(use_le, av, s, _CMP_LE_OQ) |
+                             _mm512_mask_cmp_ps_mask(use_lt, av, s, _CMP_LT_OQ);
+      put_bits<kT>(bits, keep, i, n);
+    }
   });
+  if constexpr (kMask) bits.finish();
 }
 
 template <bool kPer, RoundMode R, bool kSum>
@@ -261,11 +319,13 @@ struct AffineSource {
   }
 };
 
-template <bool kPer, RoundMode R>
+// kMask: also writes the backward's inside bit of every element (see kernels.h fake_quant_affine_mask).
+template <bool kPer, RoundMode R, bool kMask>
 void fq_affine(const float* x, float* y, int64_t n, const float* scale, const int32_t* zero_point, int32_t qmin,
-               int32_t qmax) {
+               int32_t qmax, uint8_t* mask_bits = nullptr, int64_t bit_offset = 0) {
   const __m512 lo = _mm512_set1_ps(static_cast<float>(qmin)), hi = _mm512_set1_ps(static_cast<float>(qmax));
   const AffineSource<kPer> src(scale, zero_point);
+  MaskWriter bits(mask_bits, kMask ? bit_offset : 0);
   vector_loop(n, [&](int64_t i, __mmask16 k, auto tail) {
     constexpr bool kT = decltype(tail)::value;
     const Affine a = src.template at<kT>(i, k);
@@ -274,7 +334,41 @@ void fq_affine(const float* x, float* y, int64_t n, const float* scale, const in
     const __m512 c = _mm512_min_ps(_mm512_max_ps(q, lo), hi);  // NaN q -> lo, as fmax(q, lo)
     const __m512 out = _mm512_mul_ps(_mm512_sub_ps(c, a.zp), a.s);
     storef<kT>(y + i, k, _mm512_mask_mov_ps(out, isnan_mask(v), v));
+    if constexpr (kMask) {
+      const __mmask16 inside = _mm512_cmp_ps_mask(q, lo, _CMP_GE_OQ) & _mm512_cmp_ps_mask(q, hi, _CMP_LE_OQ);
+      put_bits<kT>(bits, inside, i, n);
+    }
   });
+  if constexpr (kMask) bits.finish();
+}
+
+// grad_x = mask bit ? grad : 0: the bits of 16 elements are a __mmask16 directly (shifted into place when the
+// span starts inside a byte; the third byte read then still holds bits of this span).
+template <bool kShift>
+void apply_mask(const float* grad, const uint8_t* bits, unsigned shift, float* grad_x, int64_t n) {
+  auto word16 = [&](int64_t i) {
+    const uint8_t* p = bits + i / 8;
+    uint16_t w;
+    std::memcpy(&w, p, sizeof(w));
+    if constexpr (kShift) return static_cast<__mmask16>((w | (static_cast<unsigned>(p[2]) << 16)) >> shift);
+    return static_cast<__mmask16>(w);
+  };
+  int64_t i = 0;
+  for (; i + 4 * kW <= n; i += 4 * kW) {
+    for (int64_t j = i; j < i + 4 * kW; j += kW)
+      _mm512_storeu_ps(grad_x + j, _mm512_maskz_mov_ps(word16(j), _mm512_loadu_ps(grad + j)));
+  }
+  for (; i + kW <= n; i += kW) _mm512_storeu_ps(grad_x + i, _mm512_maskz_mov_ps(word16(i), _mm512_loadu_ps(grad + i)));
+  if (i < n) {
+    const int64_t r = n - i;
+    const uint8_t* p = bits + i / 8;
+    const int64_t bytes = (shift + r + 7) / 8;  // only the bytes that hold span bits
+    unsigned w = 0;
+    for (int64_t b = 0; b < bytes; ++b) w |= static_cast<unsigned>(p[b]) << (8 * b);
+    const __mmask16 valid = tail_mask(r);
+    const __m512 g = _mm512_maskz_loadu_ps(valid, grad + i);
+    _mm512_mask_storeu_ps(grad_x + i, valid, _mm512_maskz_mov_ps(static_cast<__mmask16>(w >> shift), g));
+  }
 }
 
 template <bool kPer, RoundMode R, bool kSum>
@@ -404,7 +498,15 @@ void fake_quant_symmetric(const float* x, float* y, int64_t n, const float* scal
                           RoundMode round) {
   if (n <= 0) return;
   dispatch(param_stride, round, [&](auto per, auto mode) {
-    fq_symmetric<decltype(per)::value, decltype(mode)::value>(x, y, n, scale, bin);
+    fq_symmetric<decltype(per)::value, decltype(mode)::value, false>(x, y, n, scale, bin);
+  });
+}
+
+void fake_quant_symmetric_mask(const float* x, float* y, uint8_t* mask_bits, int64_t bit_offset, int64_t n,
+                               const float* scale, int64_t param_stride, int32_t bin, RoundMode round, GradMask mask) {
+  if (n <= 0) return;
+  dispatch(param_stride, round, [&](auto per, auto mode) {
+    fq_symmetric<decltype(per)::value, decltype(mode)::value, true>(x, y, n, scale, bin, mask_bits, bit_offset, mask);
   });
 }
 
@@ -427,8 +529,24 @@ void fake_quant_affine(const float* x, float* y, int64_t n, const float* scale, 
                        int64_t param_stride, int32_t qmin, int32_t qmax, RoundMode round) {
   if (n <= 0) return;
   dispatch(param_stride, round, [&](auto per, auto mode) {
-    fq_affine<decltype(per)::value, decltype(mode)::value>(x, y, n, scale, zero_point, qmin, qmax);
+    fq_affine<decltype(per)::value, decltype(mode)::value, false>(x, y, n, scale, zero_point, qmin, qmax);
   });
+}
+
+void fake_quant_affine_mask(const float* x, float* y, uint8_t* mask_bits, int64_t bit_offset, int64_t n,
+                            const float* scale, const int32_t* zero_point, int64_t param_stride, int32_t qmin,
+                            int32_t qmax, RoundMode round) {
+  if (n <= 0) return;
+  dispatch(param_stride, round, [&](auto per, auto mode) {
+    fq_affine<decltype(per)::value, decltype(mode)::value, true>(x, y, n, scale, zero_point, qmin, qmax, mask_bits,
+                                                                 bit_offset);
+  });
+}
+
+void apply_grad_mask(const float* grad, const uint8_t* mask_bits, int64_t bit_offset, float* grad_x, int64_t n) {
+  if (n <= 0) return;
+  const unsigned shift = static_cast<unsigned>(bit_offset);
+  shift ? apply_mask<true>(grad, mask_bits, shift, grad_x, n) : apply_mask<false>(grad, mask_bits, 0, grad_x, n);
 }
 
 void fake_quant_affine_backward(const float* x, const float* grad, float* grad_x, int64_t n, const float* scale,
@@ -480,6 +598,9 @@ void fill_avx512_kernels(KernelTable* t) {
   t->fake_quant_symmetric_backward = avx512::fake_quant_symmetric_backward;
   t->fake_quant_affine = avx512::fake_quant_affine;
   t->fake_quant_affine_backward = avx512::fake_quant_affine_backward;
+  t->fake_quant_affine_mask = avx512::fake_quant_affine_mask;
+  t->fake_quant_symmetric_mask = avx512::fake_quant_symmetric_mask;
+  t->apply_grad_mask = avx512::apply_grad_mask;
   t->quantize_int8 = avx512::quantize_entry<int8_t>;
   t->quantize_int16 = avx512::quantize_entry<int16_t>;
   t->dequantize_int8 = avx512::dequantize_entry<int8_t>;
