@@ -549,6 +549,7 @@ namespace binding {
 void register_int8_ops(py::module_& m);
 void register_calibration_ops(py::module_& m);
 void register_embedding_ops(py::module_& m);
+void register_fpgm_ops(py::module_& m);
 }  // namespace binding
 }  // namespace pyslim
 
@@ -613,6 +614,7 @@ PYBIND11_MODULE(_C, m) {
   register_int8_ops(m);
   register_calibration_ops(m);
   register_embedding_ops(m);
+  register_fpgm_ops(m);
   m.def("dequantize", &dequantize_op, py::arg("q"), py::arg("out"), py::arg("scale"), py::arg("zero_point"),
         py::arg("axis"), py::arg("threads"), py::arg("stream"));
 }
