@@ -215,6 +215,31 @@ class FilterPruner:
         self._optimizer_backup.clear()
         self._graph = None
 
+    def sensitive(self, eval_func, sen_file="sensitivities.json", target_vars=None, skip_vars=None,
+                  pruned_ratios=(0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9), progress: bool = True,
+                  apply: str = "lazy") -> Dict[str, Dict[float, float]]:
+        """Sensitivity scan ``{param: {ratio: loss}}``, resumable through ``sen_file``; see
+        :func:`pyslim.prune.sensitivity.sensitive`.
+
+            >>> sens = pruner.sensitive(lambda m: evaluate(m, val_loader), sen_file="sens.json")
+        """
+        from pyslim.prune.sensitivity import sensitive
+
+        return sensitive(self, eval_func, sen_file=sen_file, target_vars=target_vars, skip_vars=skip_vars,
+                         pruned_ratios=pruned_ratios, progress=progress, apply=apply)
+
+    def sensitive_prune(self, pruned_flops: float = 0.5, skip_vars=None, align: Optional[int] = None,
+                        sen_file=None, tolerance: float = 0.01) -> PruningPlan:
+        """Physically prune about ``pruned_flops`` of the FLOPs by a binary search on the sensitivity loss
+        threshold; see :func:`pyslim.prune.sensitivity.sensitive_prune`.
+
+            >>> plan = pruner.sensitive_prune(pruned_flops=0.5)
+        """
+        from pyslim.prune.sensitivity import sensitive_prune
+
+        return sensitive_prune(self, pruned_flops=pruned_flops, skip_vars=skip_vars, align=align,
+                               sen_file=sen_file, tolerance=tolerance)
+
     # ------------------------------------------------------------------------------------ validation
     def _validate(self, ratios, axis, apply, align) -> None:
         if not isinstance(ratios, Mapping) or not ratios:
