@@ -1,5 +1,5 @@
 // google-benchmark for the int8 GEMM micro-kernels (gemm_s32, single-threaded, one call for the whole
-// M x N block), on every usable SIMD path, side by side with the machine's measured arithmetic peaks:
+// M x N block) and the depthwise kernel (depthwise_conv_s32, one call for the whole image), on every usable SIMD path, side by side with the machine's measured arithmetic peaks:
 //
 //   peak/vnni_zmm   a tight loop of independent vpdpbusd zmm on registers (64 MACs = 128 int ops each),
 //                   run only when AVX512_VNNI is detected;
@@ -250,6 +250,43 @@ void register_gemm(Isa isa, const Shape& sh, bool a_signed) {
   })->Unit(benchmark::kMillisecond);
 }
 
+// depthwise_conv_s32 (single-threaded, all output rows in one call) on MobileNet/EfficientNet-like NHWC layers;
+// OPS counts 2 * N * OH * OW * C * KH * KW per call. The first one is the `pyslim bench` row "dw3x3 144".
+struct DwGeo {
+  const char* name;
+  int64_t h, w, c, k, stride, pad;
+};
+const DwGeo kDwGeos[] = {{"dw3x3_c144_56x56", 56, 56, 144, 3, 1, 1},
+                         {"dw3x3_c144_56x56_s2", 56, 56, 144, 3, 2, 1},
+                         {"dw5x5_c240_28x28", 28, 28, 240, 5, 1, 2},
+                         {"dw3x3_c32_112x112", 112, 112, 32, 3, 1, 1}};
+
+void register_depthwise(Isa isa, const DwGeo& g, bool x_signed) {
+  const KernelTable* t = kernel_table(isa);
+  const std::string name =
+      std::string("depthwise_conv_s32/") + isa_name(isa) + "/" + (x_signed ? "s8" : "u8") + "/" + g.name;
+  benchmark::RegisterBenchmark(name.c_str(), [t, g, x_signed](benchmark::State& state) {
+    DepthwiseShape s{1, g.h, g.w, g.c, g.k, g.k, 0, 0, g.stride, g.stride, g.pad, g.pad, 1, 1};
+    s.out_h = (g.h + 2 * g.pad - g.k) / g.stride + 1;
+    s.out_w = (g.w + 2 * g.pad - g.k) / g.stride + 1;
+    std::mt19937 rng(11);
+    std::uniform_int_distribution<int> byte(0, 255);
+    std::vector<uint8_t> x(g.h * g.w * g.c);
+    std::vector<int8_t> w(g.k * g.k * g.c);
+    for (auto& v : x) v = static_cast<uint8_t>(byte(rng));
+    for (auto& v : w) v = static_cast<int8_t>(byte(rng) - 128);
+    std::vector<int32_t> out(s.out_h * s.out_w * g.c);
+    const int32_t pad_value = x_signed ? -3 : 128;
+    for (auto _ : state) {
+      t->depthwise_conv_s32(x.data(), x_signed, pad_value, w.data(), out.data(), s, 0, s.out_h);
+      benchmark::ClobberMemory();
+    }
+    const double ops = 2.0 * static_cast<double>(s.out_h * s.out_w * g.c * g.k * g.k) *
+                       static_cast<double>(state.iterations());
+    state.counters["OPS"] = benchmark::Counter(ops, benchmark::Counter::kIsRate);
+  })->Unit(benchmark::kMicrosecond);
+}
+
 }  // namespace
 }  // namespace pyslim
 
@@ -267,6 +304,11 @@ int main(int argc, char** argv) {
     if (isa == Isa::kReference) continue;
     for (const Shape& sh : kShapes)
       for (bool s : {false, true}) register_gemm(isa, sh, s);
+  }
+  for (Isa isa : usable_isas()) {
+    if (isa == Isa::kReference) continue;
+    for (const DwGeo& g : kDwGeos)
+      for (bool s : {false, true}) register_depthwise(isa, g, s);
   }
   benchmark::Initialize(&argc, argv);
   if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;

@@ -353,5 +353,52 @@ TEST(DepthwiseKernels, AllPaddingAndAllInside) {
   }
 }
 
+TEST(DepthwiseKernels, LargeChannelsAndWidth) {
+  // MobileNet/EfficientNet-like layers (wide rows, many channels, channel tails of every size class), kernel
+  // rows whose input rows collide modulo KH (dilation 3 with a 3-tall kernel), tall kernels, and a pad_value
+  // outside int16 (the int32 contract), each over the whole range and over split row ranges.
+  std::mt19937 rng(77);
+  std::uniform_int_distribution<int> byte(0, 255);
+  struct Geo {
+    int64_t n, h, w, c, kh, kw, sh, sw, ph, pw, dh, dw;
+  };
+  const Geo geos[] = {
+      {1, 14, 56, 144, 3, 3, 1, 1, 1, 1, 1, 1}, {1, 9, 57, 160, 3, 3, 2, 2, 1, 1, 1, 1},
+      {2, 7, 40, 200, 5, 5, 1, 1, 2, 2, 1, 1},  {1, 11, 33, 33, 3, 3, 1, 1, 3, 3, 3, 3},
+      {1, 8, 29, 96, 7, 7, 1, 2, 3, 3, 1, 1},   {1, 20, 23, 48, 17, 1, 1, 1, 8, 0, 1, 1},
+      {1, 6, 70, 31, 1, 4, 1, 3, 0, 2, 1, 2},
+  };
+  for (const Geo& g : geos) {
+    for (bool sg : {false, true}) {
+      for (int32_t pv : {sg ? -7 : 131, 40000}) {
+        DwCase d;
+        DepthwiseShape& s = d.s;
+        s = DepthwiseShape{g.n, g.h, g.w, g.c, g.kh, g.kw, 0, 0, g.sh, g.sw, g.ph, g.pw, g.dh, g.dw};
+        s.out_h = (g.h + 2 * g.ph - (g.dh * (g.kh - 1) + 1)) / g.sh + 1;
+        s.out_w = (g.w + 2 * g.pw - (g.dw * (g.kw - 1) + 1)) / g.sw + 1;
+        ASSERT_GE(s.out_h, 1);
+        ASSERT_GE(s.out_w, 1);
+        d.x_signed = sg;
+        d.pad_value = pv;
+        d.x.resize(s.batch * s.height * s.width * s.channels);
+        d.w.resize(s.kernel_h * s.kernel_w * s.channels);
+        for (auto& v : d.x) v = static_cast<uint8_t>(byte(rng));
+        for (auto& v : d.w) v = static_cast<int8_t>(byte(rng) - 128);
+        const int64_t rows = s.batch * s.out_h;
+        const std::vector<int32_t> want = run_dw(ref(), d, 0, rows);
+        for (Isa isa : usable_isas()) {
+          const KernelTable& t = *kernel_table(isa);
+          SCOPED_TRACE("isa=" + std::string(isa_name(isa)) + " " + d.describe());
+          expect_same(run_dw(t, d, 0, rows), want, s.channels);
+          std::vector<int32_t> pieces(want.size(), kSentinel);
+          for (int64_t r = 0; r < rows; r += 3)
+            t.depthwise_conv_s32(d.x.data(), sg, pv, d.w.data(), pieces.data(), s, r, std::min(rows, r + 3));
+          expect_same(pieces, want, s.channels);
+        }
+      }
+    }
+  }
+}
+
 }  // namespace
 }  // namespace pyslim

@@ -34,6 +34,7 @@
 #include <immintrin.h>
 
 #include <cstdint>
+#include <cstdlib>
 #include <cstring>
 
 #include "pyslim/kernels.h"
@@ -297,8 +298,177 @@ void depthwise_rows(const uint8_t* x, int32_t pad_value, const int8_t* w, int32_
   }
 }
 
+// Fast path (pad_value within int16), the AVX2 form of the AVX-512 VNNI file's: vpmaddwd on PAIRS of
+// horizontally adjacent taps (j, j+1) of one kernel row, read straight from "pair rows" P of int32 words
+// holding the int16 pair (x[iw][c], x[iw + dw][c]) for every position of the padded row (pad_value outside
+// the input), built once per input row and cached (KH slots tagged by input row) across the output rows of
+// one call. An odd last tap is paired with a zero weight. |a0*w0 + a1*w1| <= 2 * 32768 * 128: exact;
+// vpaddd wraps like the reference's int32 sum. Channels in blocks of 16 (the tail through a zero-padded
+// copy); vpunpck{l,h}wd scramble them within 128-bit lanes (lo: 0-3, 8-11; hi: 4-7, 12-15), the weights
+// are scrambled the same way, and vperm2i128 restores the order at the store.
+constexpr int kDwPix = 4;        // output pixels per register block (8 accumulators)
+constexpr int64_t kDwMaxKh = 16;  // taller kernels take the generic path
+
+template <bool kSigned>
+inline __m256i widen16(const uint8_t* p, int64_t left) {
+  __m128i b;
+  if (left >= 16) {
+    b = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
+  } else {
+    alignas(16) uint8_t tmp[16] = {};
+    std::memcpy(tmp, p, static_cast<size_t>(left));
+    b = _mm_load_si128(reinterpret_cast<const __m128i*>(tmp));
+  }
+  return kSigned ? _mm256_cvtepi8_epi16(b) : _mm256_cvtepu8_epi16(b);
+}
+
+template <int NB>
+inline void dw_pairs_block(const int32_t* const* prow, const int32_t* wt, int32_t* o, const DepthwiseShape& s,
+                           int64_t ow, int64_t cb, int64_t nCB, int64_t npairs) {
+  __m256i acc[NB][2];
+#pragma GCC unroll 8
+  for (int n = 0; n < NB; ++n) acc[n][0] = acc[n][1] = _mm256_setzero_si256();
+  const int64_t pix = s.stride_w * nCB * 16, tap2 = 2 * s.dilation_w * nCB * 16;
+  for (int64_t i = 0; i < s.kernel_h; ++i) {
+    const int32_t* q = prow[i] + (ow * s.stride_w * nCB + cb) * 16;
+    const int32_t* wk = wt + ((i * npairs) * nCB + cb) * 16;
+    for (int64_t jp = 0; jp < npairs; ++jp, q += tap2, wk += nCB * 16) {
+      const __m256i w0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wk));
+      const __m256i w1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wk + 8));
+#pragma GCC unroll 8
+      for (int n = 0; n < NB; ++n) {
+        const __m256i* qn = reinterpret_cast<const __m256i*>(q + n * pix);
+        acc[n][0] = _mm256_add_epi32(acc[n][0], _mm256_madd_epi16(_mm256_loadu_si256(qn), w0));
+        acc[n][1] = _mm256_add_epi32(acc[n][1], _mm256_madd_epi16(_mm256_loadu_si256(qn + 1), w1));
+      }
+    }
+  }
+  const int64_t C = s.channels, left = C - cb * 16;
+#pragma GCC unroll 8
+  for (int n = 0; n < NB; ++n) {
+    int32_t* on = o + (ow + n) * C + cb * 16;
+    const __m256i lo = _mm256_permute2x128_si256(acc[n][0], acc[n][1], 0x20);
+    const __m256i hi = _mm256_permute2x128_si256(acc[n][0], acc[n][1], 0x31);
+    if (left >= 16) {
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(on), lo);
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(on + 8), hi);
+    } else {
+      alignas(32) int32_t tmp[16];
+      _mm256_store_si256(reinterpret_cast<__m256i*>(tmp), lo);
+      _mm256_store_si256(reinterpret_cast<__m256i*>(tmp + 8), hi);
+      std::memcpy(on, tmp, static_cast<size_t>(left) * sizeof(int32_t));
+    }
+  }
+}
+
+// Per-thread scratch, grown on demand (plain malloc: no std templates in this file, see check_isa_symbols).
+struct DwScratch {
+  int32_t* buf = nullptr;
+  size_t size = 0;
+  int32_t* get(size_t n) {
+    if (n > size) {
+      std::free(buf);
+      buf = static_cast<int32_t*>(std::malloc(n * sizeof(int32_t)));
+      size = buf != nullptr ? n : 0;
+    }
+    return buf;
+  }
+  ~DwScratch() { std::free(buf); }
+};
+
+// Returns false (having written nothing) when its scratch cannot be allocated.
+template <bool kSigned>
+bool depthwise_rows_pairs(const uint8_t* x, int32_t pad_value, const int8_t* w, int32_t* out,
+                          const DepthwiseShape& s, int64_t row_begin, int64_t row_end) {
+  const int64_t C = s.channels, KH = s.kernel_h, KW = s.kernel_w;
+  const int64_t nCB = (C + 15) / 16, npairs = (KW + 1) / 2;
+  const int64_t Wp = (s.out_w - 1) * s.stride_w + (KW - 1) * s.dilation_w + 1;  // positions iw = p - pad_w
+  const int64_t row_words = Wp * nCB * 16, wt_words = KH * npairs * nCB * 16;
+  static thread_local DwScratch scratch;
+  int32_t* wt = scratch.get(static_cast<size_t>(wt_words + KH * row_words));
+  if (wt == nullptr) return false;
+  int32_t* rows = wt + wt_words;
+  for (int64_t i = 0; i < KH; ++i) {
+    for (int64_t jp = 0; jp < npairs; ++jp) {
+      for (int64_t cb = 0; cb < nCB; ++cb) {
+        const int64_t left = C - cb * 16;
+        const int8_t* w0 = w + (i * KW + 2 * jp) * C + cb * 16;
+        const __m256i a = widen16<true>(reinterpret_cast<const uint8_t*>(w0), left);
+        const __m256i b = 2 * jp + 1 < KW ? widen16<true>(reinterpret_cast<const uint8_t*>(w0 + C), left)
+                                          : _mm256_setzero_si256();
+        auto* d = reinterpret_cast<__m256i*>(wt + ((i * npairs + jp) * nCB + cb) * 16);
+        _mm256_storeu_si256(d, _mm256_unpacklo_epi16(a, b));
+        _mm256_storeu_si256(d + 1, _mm256_unpackhi_epi16(a, b));
+      }
+    }
+  }
+  const int64_t kNoRow = -1, kPadRow = -2;
+  int64_t tag[kDwMaxKh], want[kDwMaxKh];
+  const int32_t* prow[kDwMaxKh];
+  for (int64_t k = 0; k < KH; ++k) tag[k] = kNoRow;
+  const __m256i padv = _mm256_set1_epi16(static_cast<int16_t>(pad_value));
+  auto build = [&](int32_t* dst, int64_t b, int64_t ih) {
+    const bool row_in = ih >= 0 && ih < s.height;
+    const uint8_t* xr = row_in ? x + (b * s.height + ih) * s.width * C : nullptr;
+    for (int64_t p = 0; p < Wp; ++p) {
+      const int64_t iw = p - s.pad_w, iw2 = iw + s.dilation_w;
+      const bool in_a = row_in && iw >= 0 && iw < s.width, in_b = row_in && iw2 >= 0 && iw2 < s.width;
+      for (int64_t cb = 0; cb < nCB; ++cb) {
+        const int64_t left = C - cb * 16;
+        const __m256i a = in_a ? widen16<kSigned>(xr + iw * C + cb * 16, left) : padv;
+        const __m256i bb = in_b ? widen16<kSigned>(xr + iw2 * C + cb * 16, left) : padv;
+        auto* d = reinterpret_cast<__m256i*>(dst + (p * nCB + cb) * 16);
+        _mm256_storeu_si256(d, _mm256_unpacklo_epi16(a, bb));
+        _mm256_storeu_si256(d + 1, _mm256_unpackhi_epi16(a, bb));
+      }
+    }
+  };
+  for (int64_t row = row_begin; row < row_end; ++row) {
+    const int64_t b = row / s.out_h, oh = row % s.out_h;
+    for (int64_t i = 0; i < KH; ++i) {
+      const int64_t ih = oh * s.stride_h - s.pad_h + i * s.dilation_h;
+      want[i] = ih >= 0 && ih < s.height ? b * s.height + ih : kPadRow;
+    }
+    // Reuse cached rows; build the missing ones into slots no current kernel row needs.
+    for (int64_t i = 0; i < KH; ++i) {
+      prow[i] = nullptr;
+      for (int64_t k = 0; k < KH; ++k)
+        if (tag[k] == want[i]) prow[i] = rows + k * row_words;
+    }
+    for (int64_t i = 0; i < KH; ++i) {
+      if (prow[i] != nullptr) continue;
+      int64_t slot = 0;
+      for (; slot < KH; ++slot) {
+        bool used = false;
+        for (int64_t k = 0; k < KH; ++k) used = used || (prow[k] == rows + slot * row_words);
+        if (!used) break;
+      }
+      build(rows + slot * row_words, b, oh * s.stride_h - s.pad_h + i * s.dilation_h);
+      tag[slot] = want[i];
+      for (int64_t k = i; k < KH; ++k)
+        if (want[k] == want[i]) prow[k] = rows + slot * row_words;
+    }
+    int32_t* o = out + (b * s.out_h + oh) * s.out_w * C;
+    for (int64_t cb = 0; cb < nCB; ++cb) {
+      int64_t ow = 0;
+      for (; ow + kDwPix <= s.out_w; ow += kDwPix) dw_pairs_block<kDwPix>(prow, wt, o, s, ow, cb, nCB, npairs);
+      for (; ow < s.out_w; ++ow) dw_pairs_block<1>(prow, wt, o, s, ow, cb, nCB, npairs);
+    }
+  }
+  return true;
+}
+
 void depthwise_conv_s32(const void* x, bool x_signed, int32_t pad_value, const int8_t* w, int32_t* out,
                         const DepthwiseShape& shape, int64_t row_begin, int64_t row_end) {
+  if (row_end <= row_begin || shape.out_w <= 0 || shape.channels <= 0) return;
+  if (pad_value >= -32768 && pad_value <= 32767 && shape.kernel_h >= 1 && shape.kernel_h <= kDwMaxKh &&
+      shape.kernel_w >= 1) {
+    const bool done = x_signed ? depthwise_rows_pairs<true>(static_cast<const uint8_t*>(x), pad_value, w, out, shape,
+                                                            row_begin, row_end)
+                               : depthwise_rows_pairs<false>(static_cast<const uint8_t*>(x), pad_value, w, out,
+                                                             shape, row_begin, row_end);
+    if (done) return;
+  }
   if (x_signed) {
     depthwise_rows<true>(static_cast<const uint8_t*>(x), pad_value, w, out, shape, row_begin, row_end);
   } else {

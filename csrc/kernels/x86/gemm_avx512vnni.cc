@@ -33,6 +33,7 @@
 #include <immintrin.h>
 
 #include <cstdint>
+#include <cstdlib>
 #include <cstring>
 
 #include "pyslim/kernels.h"
@@ -347,8 +348,176 @@ void depthwise_rows(const uint8_t* x, int32_t pad_value, const int8_t* w, int32_
   }
 }
 
+// Fast path (pad_value within int16): vpdpwssd on PAIRS of horizontally adjacent taps (j, j+1) of one kernel
+// row. Each needed input row is expanded once into a "pair row" P of int32 words holding the int16 pair
+// (x[iw][c], x[iw + dw][c]) for every position iw of the padded row (pad_value outside the input), so the
+// inner loop is one vpdpwssd per 16 channels per tap pair, straight from memory, with no bounds checks and
+// no conversions. An odd last tap of a kernel row is paired with a zero weight. |a0*w0 + a1*w1| <= 2 * 32768
+// * 128, so every product and pair sum is exact; vpdpwssd wraps like the reference's int32 sum. Pair rows
+// are cached (KH slots tagged by input row) across the output rows of one call.
+// Channels go in blocks of 32 (tail masked): vpunpck{l,h}wd of the two widened rows scramble them within
+// 128-bit lanes (lo: 0-3, 8-11, 16-19, 24-27; hi: the rest); the weights are scrambled the same way and the
+// accumulators are put back in order with one vpermt2q per 16 channels at the store.
+constexpr int kDwPix = 6;  // output pixels per register block (12 accumulators)
+
+inline __mmask32 dw_mask32(int64_t left) {
+  return left >= 32 ? static_cast<__mmask32>(0xffffffffu) : static_cast<__mmask32>((1u << left) - 1u);
+}
+
+template <bool kSigned>
+inline __m512i widen32(const uint8_t* p, __mmask32 m) {
+  const __m256i b = _mm256_maskz_loadu_epi8(m, p);
+  return kSigned ? _mm512_cvtepi8_epi16(b) : _mm512_cvtepu8_epi16(b);
+}
+
+template <int NB>
+inline void dw_pairs_block(const int32_t* const* prow, const int32_t* wt, int32_t* o, const DepthwiseShape& s,
+                           int64_t ow, int64_t cb, int64_t nCB, int64_t npairs, __mmask16 m0, __mmask16 m1) {
+  __m512i acc[NB][2];
+#pragma GCC unroll 8
+  for (int n = 0; n < NB; ++n) acc[n][0] = acc[n][1] = _mm512_setzero_si512();
+  const int64_t pix = s.stride_w * nCB * 32, tap2 = 2 * s.dilation_w * nCB * 32;
+  for (int64_t i = 0; i < s.kernel_h; ++i) {
+    const int32_t* q = prow[i] + (ow * s.stride_w * nCB + cb) * 32;
+    const int32_t* wk = wt + ((i * npairs) * nCB + cb) * 32;
+    for (int64_t jp = 0; jp < npairs; ++jp, q += tap2, wk += nCB * 32) {
+      const __m512i w0 = _mm512_loadu_si512(wk), w1 = _mm512_loadu_si512(wk + 16);
+#pragma GCC unroll 8
+      for (int n = 0; n < NB; ++n) {
+        acc[n][0] = _mm512_dpwssd_epi32(acc[n][0], _mm512_loadu_si512(q + n * pix), w0);
+        acc[n][1] = _mm512_dpwssd_epi32(acc[n][1], _mm512_loadu_si512(q + n * pix + 16), w1);
+      }
+    }
+  }
+  const __m512i i0 = _mm512_setr_epi64(0, 1, 8, 9, 2, 3, 10, 11), i1 = _mm512_setr_epi64(4, 5, 12, 13, 6, 7, 14, 15);
+  const int64_t C = s.channels;
+#pragma GCC unroll 8
+  for (int n = 0; n < NB; ++n) {
+    int32_t* on = o + (ow + n) * C + cb * 32;
+    _mm512_mask_storeu_epi32(on, m0, _mm512_permutex2var_epi64(acc[n][0], i0, acc[n][1]));
+    _mm512_mask_storeu_epi32(on + 16, m1, _mm512_permutex2var_epi64(acc[n][0], i1, acc[n][1]));
+  }
+}
+
+constexpr int64_t kDwMaxKh = 16;  // taller kernels take the generic path
+
+// Per-thread scratch, grown on demand (plain malloc: no std templates in this file, see the top).
+struct DwScratch {
+  int32_t* buf = nullptr;
+  size_t size = 0;
+  int32_t* get(size_t n) {
+    if (n > size) {
+      std::free(buf);
+      buf = static_cast<int32_t*>(std::malloc(n * sizeof(int32_t)));
+      size = buf != nullptr ? n : 0;
+    }
+    return buf;
+  }
+  ~DwScratch() { std::free(buf); }
+};
+
+// Returns false (having written nothing) when its scratch cannot be allocated.
+template <bool kSigned>
+bool depthwise_rows_pairs(const uint8_t* x, int32_t pad_value, const int8_t* w, int32_t* out,
+                          const DepthwiseShape& s, int64_t row_begin, int64_t row_end) {
+  const int64_t C = s.channels, KH = s.kernel_h, KW = s.kernel_w;
+  const int64_t nCB = (C + 31) / 32, npairs = (KW + 1) / 2;
+  // Pair-row positions: iw = p - pad_w for p in [0, Wp), covering every tap of every output pixel.
+  const int64_t Wp = (s.out_w - 1) * s.stride_w + (KW - 1) * s.dilation_w + 1;
+  const int64_t row_words = Wp * nCB * 32, wt_words = KH * npairs * nCB * 32;
+  static thread_local DwScratch scratch;
+  int32_t* wt = scratch.get(static_cast<size_t>(wt_words + KH * row_words));
+  if (wt == nullptr) return false;
+  int32_t* rows = wt + wt_words;
+  // Weights, scrambled like the pair rows: (w[i][2jp][c], w[i][2jp+1][c]) int16 pairs (0 past KW).
+  for (int64_t i = 0; i < KH; ++i) {
+    for (int64_t jp = 0; jp < npairs; ++jp) {
+      for (int64_t cb = 0; cb < nCB; ++cb) {
+        const __mmask32 m = dw_mask32(C - cb * 32);
+        const int8_t* w0 = w + (i * KW + 2 * jp) * C + cb * 32;
+        const __m512i a = _mm512_cvtepi8_epi16(_mm256_maskz_loadu_epi8(m, w0));
+        const __m512i b = 2 * jp + 1 < KW ? _mm512_cvtepi8_epi16(_mm256_maskz_loadu_epi8(m, w0 + C))
+                                          : _mm512_setzero_si512();
+        int32_t* d = wt + ((i * npairs + jp) * nCB + cb) * 32;
+        _mm512_storeu_si512(d, _mm512_unpacklo_epi16(a, b));
+        _mm512_storeu_si512(d + 16, _mm512_unpackhi_epi16(a, b));
+      }
+    }
+  }
+  const int64_t kNoRow = -1, kPadRow = -2;
+  int64_t tag[kDwMaxKh], want[kDwMaxKh];
+  const int32_t* prow[kDwMaxKh];
+  for (int64_t k = 0; k < KH; ++k) tag[k] = kNoRow;
+  const __m512i padv = _mm512_set1_epi16(static_cast<int16_t>(pad_value));
+  auto build = [&](int32_t* dst, int64_t b, int64_t ih) {
+    const bool row_in = ih >= 0 && ih < s.height;
+    const uint8_t* xr = row_in ? x + (b * s.height + ih) * s.width * C : nullptr;
+    for (int64_t p = 0; p < Wp; ++p) {
+      const int64_t iw = p - s.pad_w, iw2 = iw + s.dilation_w;
+      const bool in_a = row_in && iw >= 0 && iw < s.width, in_b = row_in && iw2 >= 0 && iw2 < s.width;
+      for (int64_t cb = 0; cb < nCB; ++cb) {
+        const __mmask32 m = dw_mask32(C - cb * 32);
+        const __m512i a = in_a ? widen32<kSigned>(xr + iw * C + cb * 32, m) : padv;
+        const __m512i bb = in_b ? widen32<kSigned>(xr + iw2 * C + cb * 32, m) : padv;
+        int32_t* d = dst + (p * nCB + cb) * 32;
+        _mm512_storeu_si512(d, _mm512_unpacklo_epi16(a, bb));
+        _mm512_storeu_si512(d + 16, _mm512_unpackhi_epi16(a, bb));
+      }
+    }
+  };
+  for (int64_t row = row_begin; row < row_end; ++row) {
+    const int64_t b = row / s.out_h, oh = row % s.out_h;
+    for (int64_t i = 0; i < KH; ++i) {
+      const int64_t ih = oh * s.stride_h - s.pad_h + i * s.dilation_h;
+      want[i] = ih >= 0 && ih < s.height ? b * s.height + ih : kPadRow;
+    }
+    // Reuse cached rows; build the missing ones into slots no current kernel row needs.
+    for (int64_t i = 0; i < KH; ++i) {
+      prow[i] = nullptr;
+      for (int64_t k = 0; k < KH; ++k)
+        if (tag[k] == want[i]) prow[i] = rows + k * row_words;
+    }
+    for (int64_t i = 0; i < KH; ++i) {
+      if (prow[i] != nullptr) continue;
+      int64_t slot = 0;
+      for (; slot < KH; ++slot) {
+        bool used = false;
+        for (int64_t k = 0; k < KH; ++k) used = used || (prow[k] == rows + slot * row_words);
+        if (!used) break;
+      }
+      const int64_t ih = oh * s.stride_h - s.pad_h + i * s.dilation_h;
+      build(rows + slot * row_words, b, ih);
+      tag[slot] = want[i];
+      for (int64_t k = i; k < KH; ++k)
+        if (want[k] == want[i]) prow[k] = rows + slot * row_words;
+    }
+    int32_t* o = out + (b * s.out_h + oh) * s.out_w * C;
+    for (int64_t cb = 0; cb < nCB; ++cb) {
+      const int64_t left = C - cb * 32;
+      const __mmask16 m0 = left >= 16 ? static_cast<__mmask16>(0xffff) : static_cast<__mmask16>((1u << left) - 1u);
+      const __mmask16 m1 = left >= 32   ? static_cast<__mmask16>(0xffff)
+                           : left > 16 ? static_cast<__mmask16>((1u << (left - 16)) - 1u)
+                                       : static_cast<__mmask16>(0);
+      int64_t ow = 0;
+      for (; ow + kDwPix <= s.out_w; ow += kDwPix)
+        dw_pairs_block<kDwPix>(prow, wt, o, s, ow, cb, nCB, npairs, m0, m1);
+      for (; ow < s.out_w; ++ow) dw_pairs_block<1>(prow, wt, o, s, ow, cb, nCB, npairs, m0, m1);
+    }
+  }
+  return true;
+}
+
 void depthwise_conv_s32(const void* x, bool x_signed, int32_t pad_value, const int8_t* w, int32_t* out,
                         const DepthwiseShape& shape, int64_t row_begin, int64_t row_end) {
+  if (row_end <= row_begin || shape.out_w <= 0 || shape.channels <= 0) return;
+  if (pad_value >= -32768 && pad_value <= 32767 && shape.kernel_h >= 1 && shape.kernel_h <= kDwMaxKh &&
+      shape.kernel_w >= 1) {
+    const bool done = x_signed ? depthwise_rows_pairs<true>(static_cast<const uint8_t*>(x), pad_value, w, out, shape,
+                                                            row_begin, row_end)
+                               : depthwise_rows_pairs<false>(static_cast<const uint8_t*>(x), pad_value, w, out,
+                                                             shape, row_begin, row_end);
+    if (done) return;
+  }
   if (x_signed) {
     depthwise_rows<true>(static_cast<const uint8_t*>(x), pad_value, w, out, shape, row_begin, row_end);
   } else {
