@@ -18,7 +18,17 @@ from pyslim.quant.dynamic import (
     quant_post_only_weight,
 )
 from pyslim.quant.embedding import QuantizedEmbedding, quant_embedding
+from pyslim.quant.observers import (
+    AbsMaxObserver,
+    AvgObserver,
+    EMDObserver,
+    HistObserver,
+    KLObserver,
+    MSEObserver,
+    make_observer,
+)
 from pyslim.quant.onnx_export import export_onnx
+from pyslim.quant.ptq import load_quantized_model, quant_post_static, save_quantized_model
 from pyslim.quant.qat import DEFAULT_QAT_CONFIG, QAT, QuantedConv2d, QuantedLinear, fuse_conv_bn
 from pyslim.quant.quanters import (
     PACT,
@@ -29,6 +39,16 @@ from pyslim.quant.quanters import (
 )
 
 __all__ = [
+    "AbsMaxObserver",
+    "AvgObserver",
+    "EMDObserver",
+    "HistObserver",
+    "KLObserver",
+    "MSEObserver",
+    "load_quantized_model",
+    "make_observer",
+    "quant_post_static",
+    "save_quantized_model",
     "DEFAULT_QAT_CONFIG",
     "FakeQuantAbsMax",
     "FakeQuantChannelWiseAbsMax",
