@@ -32,6 +32,7 @@ struct Tables {
     add(Isa::kReference, [](KernelTable* t) {
       fill_reference_kernels(t);
       fill_reference_gemm(t);
+      fill_reference_fpgm(t);
     });
 #if defined(PYSLIM_BUILT_AVX2)
     add(Isa::kAvx2, [](KernelTable* t) {
@@ -39,6 +40,10 @@ struct Tables {
       fill_reference_gemm(t);
 #if defined(PYSLIM_HAVE_GEMM_AVX2)
       fill_avx2_gemm(t);
+#endif
+      fill_reference_fpgm(t);
+#if defined(PYSLIM_HAVE_FPGM_AVX2)
+      fill_avx2_fpgm(t);
 #endif
     });
 #endif
@@ -50,6 +55,10 @@ struct Tables {
 #if defined(PYSLIM_HAVE_GEMM_AVX2)
       fill_avx2_gemm(t);
 #endif
+      fill_reference_fpgm(t);
+#if defined(PYSLIM_HAVE_FPGM_AVX512)
+      fill_avx512_fpgm(t);
+#endif
     });
     add(Isa::kAvx512Vnni, [](KernelTable* t) {
       fill_avx512_kernels(t);
@@ -58,6 +67,10 @@ struct Tables {
       fill_avx512vnni_gemm(t);
 #elif defined(PYSLIM_HAVE_GEMM_AVX2)
       fill_avx2_gemm(t);
+#endif
+      fill_reference_fpgm(t);
+#if defined(PYSLIM_HAVE_FPGM_AVX512)
+      fill_avx512_fpgm(t);
 #endif
     });
 #endif
@@ -68,6 +81,10 @@ struct Tables {
 #if defined(PYSLIM_HAVE_GEMM_NEON)
       fill_neon_gemm(t);
 #endif
+      fill_reference_fpgm(t);
+#if defined(PYSLIM_HAVE_FPGM_NEON)
+      fill_neon_fpgm(t);
+#endif
     });
     add(Isa::kNeonDot, [](KernelTable* t) {
       fill_neon_kernels(t);
@@ -77,6 +94,10 @@ struct Tables {
 #endif
 #if defined(PYSLIM_HAVE_GEMM_NEONDOT)
       fill_neondot_gemm(t);  // the sdot GEMM entries only
+#endif
+      fill_reference_fpgm(t);
+#if defined(PYSLIM_HAVE_FPGM_NEON)
+      fill_neon_fpgm(t);
 #endif
     });
 #endif

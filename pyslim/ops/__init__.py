@@ -400,3 +400,36 @@ def conv2d_int8(x: Tensor, x_scale: float, x_zero_point: int, weight_int8: Tenso
 
 
 __all__ += ["pack_int8_weight", "gemm_int8", "linear_int8_dynamic", "conv2d_int8"]
+
+
+# --------------------------------------------------------------------------------------------------------
+# pruning criteria
+# --------------------------------------------------------------------------------------------------------
+
+from pyslim.ops._fpgm import fpgm_scores_op as _fpgm_scores_op  # noqa: E402
+
+
+def fpgm_scores(weight: Tensor) -> Tensor:
+    """FPGM scores ``score_i = sum_j ||w_i - w_j||_2`` (float64, shape (C,)) of the C filters of ``weight``.
+
+    ``weight`` may have any shape with ``dim() >= 1``; it is read as ``(C, -1)`` with ``C = weight.shape[0]``
+    (conv (Cout, Cin, KH, KW), Linear (out, in)). float32 runs the native kernel (relative error <= 1e-6 per
+    score); float16/bfloat16 are widened to float32 first (exactly). For float64 weights use
+    ``pyslim.prune.criteria.fpgm_scores`` (it keeps float64 inputs in float64). Not differentiable. Example::
+
+        >>> fpgm_scores(torch.tensor([[0.0], [1.0], [3.0]]))
+        tensor([4., 3., 5.], dtype=torch.float64)
+    """
+    if not isinstance(weight, Tensor):
+        raise TypeError(f"weight must be a torch.Tensor; got {type(weight).__name__}")
+    if weight.dtype not in (torch.float32, torch.float16, torch.bfloat16):
+        raise TypeError(f"weight must be float32 (or float16/bfloat16, widened exactly); got {weight.dtype}")
+    if weight.dim() < 1:
+        raise ValueError(f"weight must have at least 1 dimension (channels, ...); got shape {tuple(weight.shape)}")
+    if weight.device.type not in ("cpu", "cuda", "meta"):
+        raise ValueError(f"weight must be on the CPU or a CUDA device; got {weight.device}")
+    w = weight.detach().to(torch.float32).reshape(weight.shape[0], math.prod(weight.shape[1:]))
+    return _fpgm_scores_op(w)
+
+
+__all__ += ["fpgm_scores"]

@@ -64,5 +64,10 @@ void gemm_epilogue_f32(const int32_t* acc, int64_t ldacc, int64_t M, int64_t N, 
 void depthwise_conv_s32(const void* x, bool x_signed, int32_t pad_value, const int8_t* w, int32_t* out,
                         const DepthwiseShape& shape, intptr_t stream);
 
+// ---- FPGM scores ----
+// out[i] = sum_j ||W[i] - W[j]||_2 for W: C x K float32 row-major (contiguous) on the device; out: C doubles
+// on the device (overwritten). Each pair once, squared differences summed in double (see fpgm.cu).
+void fpgm_scores(const float* W, int64_t C, int64_t K, double* out, intptr_t stream);
+
 }  // namespace cuda
 }  // namespace pyslim

@@ -31,6 +31,8 @@ enum class GradMask : int {
 };
 
 constexpr int64_t kMaxFloatPartial = 4096;
+// Most float32 terms per lane a SIMD FPGM kernel sums before widening to double (see fpgm_pair_block).
+constexpr int64_t kFpgmFloatTerms = 16;
 
 // Geometry of a depthwise 2-D convolution over NHWC tensors (one filter per channel, multiplier 1).
 struct DepthwiseShape {
@@ -146,6 +148,23 @@ struct KernelTable {
   // [row_begin, row_end) of the flattened (b, oh) index; safe to run concurrently on disjoint rows.
   void (*depthwise_conv_s32)(const void* x, bool x_signed, int32_t pad_value, const int8_t* w, int32_t* out,
                              const DepthwiseShape& shape, int64_t row_begin, int64_t row_end);
+
+  // ---- FPGM distance sums (geometric-median pruning) ----
+  // W: rows of K float32 values, row r at W + r * ld (ld >= K). For every pair (i, j) with i in [i0, i1),
+  // j in [j0, j1) and j > i (so each unordered pair is visited once, and a diagonal block i0 == j0 is
+  // allowed), adds d(i, j) = sqrt(sum_k (W[i][k] - W[j][k])^2) into both row_sums[i] and row_sums[j]
+  // (row_sums is indexed by the global row and must not be shared with a concurrent call). K >= 0.
+  //
+  // Accuracy contract (not bit-exact across paths): relative error of every d(i, j) <= 1e-6 against the
+  // exact value for float32 inputs. The reference subtracts and squares in double (error ~K * 2^-53). The
+  // SIMD paths subtract in float32 (one rounding, relative u = 2^-24), square and add with FMA into float32
+  // lanes holding at most kFpgmFloatTerms = 16 terms each, then widen the lanes to double. All terms are
+  // >= 0, so a float partial of n terms has relative error <= (n + 2) u to first order (2u from the rounded
+  // difference squared, one rounding per FMA), i.e. 18 u = 1.07e-6 on the squared distance; the double sums
+  // add ~K * 2^-53, and sqrt halves the relative error: <= 5.4e-7 on d(i, j). Sums of such non-negative
+  // distances (in double) keep that relative bound, so every score is within 1e-6 of the float64 value.
+  void (*fpgm_pair_block)(const float* W, int64_t K, int64_t ld, int64_t i0, int64_t i1, int64_t j0, int64_t j1,
+                          double* row_sums);
 };
 
 // The table of a path, or nullptr when that path was not built into this binary or this CPU cannot run it
@@ -167,5 +186,11 @@ void fill_avx2_gemm(KernelTable* t);
 void fill_avx512vnni_gemm(KernelTable* t);
 void fill_neon_gemm(KernelTable* t);
 void fill_neondot_gemm(KernelTable* t);
+// The fpgm_pair_block entry: every table first gets the reference, then its path's file when built
+// (avx512 and avx512vnni share fpgm_avx512.cc; neon and neondot share fpgm_neon.cc).
+void fill_reference_fpgm(KernelTable* t);
+void fill_avx2_fpgm(KernelTable* t);
+void fill_avx512_fpgm(KernelTable* t);
+void fill_neon_fpgm(KernelTable* t);
 
 }  // namespace pyslim
