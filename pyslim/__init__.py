@@ -5,7 +5,7 @@ for the CPU they run on. See the README for the feature list and measured result
 """
 
 from pyslim._native import active_isa, force_isa, get_num_threads, native_info, set_num_threads
-from pyslim import analysis, datasets, ops, prune, quant
+from pyslim import analysis, datasets, dist, ops, prune, quant
 
 __version__ = native_info()["version"]
 
@@ -16,6 +16,7 @@ __all__ = [
     "native_info",
     "analysis",
     "datasets",
+    "dist",
     "ops",
     "prune",
     "quant",
