@@ -14,7 +14,12 @@ and backward through the traced graph:
 * element-wise add / sub / mul / div couple all their (non-broadcast) inputs: both branches of a residual
   block are pruned with the *same* indices;
 * ``cat`` along the channel axis shifts indices by each input's offset; ``split`` / ``chunk`` along
-  another axis pass through;
+  another axis pass through; along the channel axis each piece is the window [offset, offset + size) of
+  the input (``Group.splits``): ``chunk`` and equal ``split(int)`` must lose the same number per piece
+  (``Group.partition``), literal split sizes are rewritten in the model's fx graph (blocked when the
+  model is not an ``fx.GraphModule``);
+* grouped convs (1 < groups < in_channels) keep ``groups``: every group loses the same number of input
+  (or output) channels, chosen per group by the criterion, ``round(per_group * ratio)`` each;
 * depthwise convs (``groups == in_channels``) follow their producer: their output channels, filters,
   bias and ``groups`` shrink with the input;
 * ``ConvTranspose`` weights are laid out ``(in, out/groups, kh, kw)``: reached through its input the
@@ -24,8 +29,8 @@ and backward through the traced graph:
 * per-channel parameters used directly in arithmetic (``x * self.gamma``) are pruned with the channel.
 
 A group is **blocked** (reported, never applied) when the channels reach something whose channel
-semantics pyslim does not know: the model output or input, an unknown operation or module, a grouped
-(non-depthwise) convolution, GroupNorm, a ``split``/``chunk``/indexing along the channel axis, a
+semantics pyslim does not know: the model output or input, an unknown operation or module, GroupNorm,
+an uneven ``chunk``, ``tensor_split``/``unbind``/indexing along the channel axis, a
 ``view``/``reshape`` with a hard-coded channel size, a softmax over channels, matmul. Pruning such a
 group would silently produce a broken or different model, so pyslim refuses it and says why.
 
@@ -54,7 +59,7 @@ import torch
 import torch.fx as fx
 from torch import nn
 
-__all__ = ["DependencyGraph", "Group", "GroupMember", "TracingError", "normalize_inputs"]
+__all__ = ["DependencyGraph", "Group", "GroupMember", "SplitSite", "TracingError", "normalize_inputs"]
 
 logger = logging.getLogger(__name__)
 
@@ -113,6 +118,7 @@ class GroupMember:
     axis: int
     owner: torch.Tensor
     module: nn.Module = field(repr=False, compare=False)
+    groups: int = 1   # > 1: axis 1 of a grouped conv weight, ``owner`` spans all in_channels (groups * axis size)
 
     @property
     def name(self) -> str:
@@ -121,6 +127,29 @@ class GroupMember:
     @property
     def tensor(self) -> torch.Tensor:
         return getattr(self.module, self.tensor_name)
+
+
+@dataclass
+class SplitSite:
+    """A ``split`` / ``chunk`` along the pruned axis: ``owner`` maps the split input's positions (along
+    ``dim``) to root channels (-1: not this group's); ``sizes`` are the original piece sizes. ``kind`` is
+    "chunk" (chunk count kept, pieces must stay equal), "int" (equal pieces of a literal size: the size is
+    rewritten) or "sizes" (a literal size list: rewritten); ``rewrite`` says whether the model's fx graph
+    must be edited."""
+
+    node_name: str
+    kind: str
+    dim: int
+    sizes: List[int]
+    owner: torch.Tensor
+    rewrite: bool
+
+    def new_sizes(self, keep: torch.Tensor) -> List[int]:
+        out, offset = [], 0
+        for size in self.sizes:
+            out.append(int(keep[offset:offset + size].sum()))
+            offset += size
+        return out
 
 
 @dataclass
@@ -140,6 +169,10 @@ class Group:
     bn_after_root: Optional[str] = None
     depthwise: Dict[str, int] = field(default_factory=dict)
     attention: Dict[str, int] = field(default_factory=dict)   # self-attention module name -> head size
+    # root channels split into equal-size sets that must each lose the same number of channels (grouped
+    # convs, chunk / equal splits along the channel axis); None when the channels are free
+    partition: Optional[List[torch.Tensor]] = None
+    splits: List[SplitSite] = field(default_factory=list)  # split / chunk nodes along the channel axis
 
     def member(self, name: str, axis: Optional[int] = None) -> Optional[GroupMember]:
         for m in self.members:
@@ -494,6 +527,16 @@ class DependencyGraph:
             out.append(g)
         return out
 
+    def model_node(self, node: fx.Node) -> Optional[fx.Node]:
+        """The node of ``self.model``'s own fx graph that ``node`` (of the traced copy) was traced from, when
+        the model is an fx.GraphModule traced by fx (its literal arguments can then be rewritten)."""
+        if self.tracer != "fx" or not isinstance(self.model, fx.GraphModule):
+            return None
+        for n in self.model.graph.nodes:
+            if n.name == node.name:
+                return n if (n.op == node.op and n.target == node.target) else None
+        return None
+
     def prunable_parameters(self) -> List[str]:
         """Roots whose group is not blocked and is not dominated by an earlier group."""
         return [g.root for g in self.groups() if g.blocked is None]
@@ -515,6 +558,8 @@ class _Walker:
         self.state: Dict[Tuple[fx.Node, int], torch.Tensor] = {}
         self.members: Dict[Tuple[str, str, int], GroupMember] = {}
         self.queue: List[Tuple[fx.Node, int, torch.Tensor]] = []
+        self.balanced: Dict[Tuple[str, str, int], int] = {}   # member key -> conv groups (equal pruning per group)
+        self.split_sites: Dict[fx.Node, SplitSite] = {}
         if isinstance(module, _CONV_T):
             c, self.root_axis = module.out_channels, 1
         else:
@@ -526,12 +571,11 @@ class _Walker:
         sites = self.g._call_sites[self.root_module]
         layer = self.g._layers[sites[0]]
         try:
+            if layer.kind == "conv" and layer.groups != 1 and layer.groups == self.module.in_channels:
+                raise _Blocked(f"'{self.group.root}' is a depthwise convolution: its channels follow its "
+                               "producer; prune the producer instead")
             if layer.kind == "conv" and layer.groups != 1:
-                if layer.groups == self.module.in_channels:
-                    raise _Blocked(f"'{self.group.root}' is a depthwise convolution: its channels follow its "
-                                   "producer; prune the producer instead")
-                raise _Blocked(f"'{self.group.root}' is a grouped convolution (groups={layer.groups}); pyslim "
-                               "prunes only groups=1 and depthwise convolutions")
+                self.balanced[(self.root_module, "weight", 0)] = layer.groups
             if layer.kind == "convt" and layer.groups != 1:
                 raise _Blocked(f"'{self.group.root}' is a grouped transposed convolution (groups={layer.groups})")
             if layer.kind not in ("conv", "convt", "linear"):
@@ -544,6 +588,7 @@ class _Walker:
                 self._producer(node, dim, own)
                 for user in list(node.users):
                     self._consumer(user, node, dim, own)
+            self._finalize_constraints()
         except _Blocked as e:
             self.group.blocked = str(e)
         self.group.members = list(self.members.values())
@@ -585,11 +630,11 @@ class _Walker:
         self.queue.append((node, dim, owner))
 
     def _add_member(self, module_name: str, module: nn.Module, tensor_name: str, axis: int,
-                    owner: torch.Tensor) -> None:
+                    owner: torch.Tensor, groups: int = 1) -> None:
         t = getattr(module, tensor_name, None)
         if t is None:
             return
-        if t.shape[axis] != owner.numel():
+        if t.shape[axis] * groups != owner.numel():
             raise _Blocked(f"'{module_name}.{tensor_name}' axis {axis} has {t.shape[axis]} entries, expected "
                            f"{owner.numel()}")
         key = (module_name, tensor_name, axis)
@@ -598,7 +643,7 @@ class _Walker:
             owner = _merge_owner(old.owner, owner, f"{module_name}.{tensor_name}")
             old.owner = owner
             return
-        self.members[key] = GroupMember(module_name, tensor_name, axis, owner, module)
+        self.members[key] = GroupMember(module_name, tensor_name, axis, owner, module, groups)
 
     def _layer_members(self, layer: _Layer, owner: torch.Tensor, names: Sequence[str], axis: int = 0) -> None:
         for n in names:
@@ -694,8 +739,10 @@ class _Walker:
                 self._all_sites_out(layer, owner)
                 self._all_sites_in(layer, dim, rows[:, 0].clone())
             else:
-                raise _Blocked(f"grouped convolution {name} (groups={layer.groups}) would be pruned; pyslim "
-                               "prunes only groups=1 and depthwise convolutions")
+                # grouped conv output channels: every group loses the same number; the input is not coupled
+                self._layer_members(layer, owner, ("weight", "bias"))
+                self.balanced[(layer.module_name, "weight", 0)] = layer.groups
+                self._all_sites_out(layer, owner)
         elif layer.kind == "convt":
             if layer.groups != 1:
                 raise _Blocked(f"grouped transposed convolution {name} (groups={layer.groups})")
@@ -813,8 +860,11 @@ class _Walker:
                 self._all_sites_in(layer, dim, owner)
                 self._all_sites_out(layer, expanded)
             else:
-                raise _Blocked(f"grouped convolution {name} (groups={layer.groups}) consumes pruned channels; "
-                               "pyslim prunes only groups=1 and depthwise convolutions")
+                # grouped conv: weight (out, in/groups, ...); input channel c is column c % (in/groups) of the
+                # rows of group c // (in/groups). Every group must lose the same number of input channels.
+                self._add_member(layer.module_name, layer.module, "weight", 1, owner, groups=layer.groups)
+                self.balanced[(layer.module_name, "weight", 1)] = layer.groups
+                self._all_sites_in(layer, dim, owner)
         elif layer.kind == "convt":
             if layer.groups != 1:
                 raise _Blocked(f"grouped transposed convolution {name} (groups={layer.groups}) consumes pruned "
@@ -968,20 +1018,114 @@ class _Walker:
         return int(_arg(node, 2, "dim", 0)) % len(_shape(node.args[0]))
 
     def _split_forward(self, user: fx.Node, dim: int, owner: torch.Tensor) -> None:
-        if _op_name(user) == "unbind" or self._split_dim(user) == dim:
-            raise _Blocked(f"'{user.name}' splits the tensor along the pruned channel axis; pyslim does not "
-                           "re-balance split sizes")
+        along = _op_name(user) == "unbind" or self._split_dim(user) == dim
+        site = self._split_site(user, dim) if along else None
         for item in user.users:
-            if item.op == "call_function" and item.target is operator.getitem:
-                self._visit(item, dim, owner)
+            if item.op == "call_function" and item.target is operator.getitem and isinstance(item.args[1], int):
+                if site is None:
+                    self._visit(item, dim, owner)
+                    continue
+                a, b = _window(site.sizes, item.args[1])
+                piece = owner[a:b]
+                if bool((piece >= 0).any()):
+                    self._visit(item, dim, piece.clone())
             else:
                 raise _Blocked(f"the pieces of '{user.name}' are used as a sequence by '{item.name}'")
+
+    def _split_site(self, node: fx.Node, dim: int) -> SplitSite:
+        """Checks a split / chunk along the pruned axis and records it (its sizes change with the pruning)."""
+        if node in self.split_sites:
+            return self.split_sites[node]
+        op = _op_name(node)
+        if op not in ("split", "chunk", "split_with_sizes"):
+            raise _Blocked(f"'{node.name}' ({op}) splits the tensor along the pruned channel axis; pyslim "
+                           "re-balances only split / chunk")
+        c = _shape(node.args[0])[dim]
+        if len(node.args) > 1:
+            arg = node.args[1]
+        else:
+            arg = next((node.kwargs[k] for k in ("chunks", "split_size_or_sections", "split_size", "split_sizes",
+                                                 "sections") if k in node.kwargs), None)
+        if op == "chunk":
+            if not isinstance(arg, int) or arg < 1 or c % arg != 0:
+                raise _Blocked(f"'{node.name}' chunks {c} channels into {arg!r} pieces of unequal size; pyslim "
+                               "prunes a chunk only when its pieces are equal")
+            kind, sizes = "chunk", [c // arg] * arg
+        elif isinstance(arg, int) and not isinstance(arg, bool):
+            if arg < 1 or c % arg != 0:
+                raise _Blocked(f"'{node.name}' splits {c} channels into pieces of {arg} with a smaller last "
+                               "piece; pyslim re-balances only equal pieces")
+            kind, sizes = "int", [arg] * (c // arg)
+        elif isinstance(arg, (list, tuple)) and all(isinstance(a, int) and not isinstance(a, bool) for a in arg):
+            kind, sizes = "sizes", [int(a) for a in arg]
+        else:
+            raise _Blocked(f"'{node.name}' splits the pruned channel axis with sizes computed at run time "
+                           f"({arg!r}); pyslim cannot re-balance them")
+        rewrite = kind != "chunk"
+        if rewrite and self.g.model_node(node) is None:
+            raise _Blocked(f"'{node.name}' splits the pruned channel axis with the literal sizes {arg!r} written "
+                           f"in the forward of {type(self.g.model).__name__}; pyslim can rewrite them only in an "
+                           "fx.GraphModule (torch.fx.symbolic_trace the model first)")
+        site = SplitSite(node.name, kind, dim, sizes, torch.empty(0, dtype=torch.long), rewrite)
+        self.split_sites[node] = site
+        return site
+
+    def _finalize_constraints(self) -> None:
+        """Turns grouped convs and equal splits into ``group.partition`` (or blocks the group)."""
+        c = self.group.num_channels
+        constraints: List[Tuple[str, List[torch.Tensor], torch.Tensor]] = []
+        for key, groups in self.balanced.items():
+            m = self.members.get(key)
+            if m is None:
+                continue
+            rows = m.owner.view(groups, -1)
+            constraints.append((f"grouped convolution '{key[0]}' (groups={groups})",
+                                [r[r >= 0] for r in rows], m.owner))
+        for node, site in self.split_sites.items():
+            owner = self.state.get((node.args[0], site.dim))
+            if owner is None:
+                raise _Blocked(f"no channel record at the input of '{node.name}'")
+            site.owner = owner.clone()
+            self.group.splits.append(site)
+            if site.kind in ("chunk", "int"):
+                parts = [owner[a:b][owner[a:b] >= 0] for a, b in (_window(site.sizes, i) for i in range(len(site.sizes)))]
+                constraints.append((f"'{node.name}' (equal pieces)", parts, owner))
+        if not constraints:
+            return
+        labels = torch.full((c, len(constraints)), -1, dtype=torch.long)
+        for j, (desc, parts, owner) in enumerate(constraints):
+            valid = owner[owner >= 0]
+            if valid.unique().numel() != valid.numel():
+                raise _Blocked(f"{desc}: a channel of this group appears at several positions")
+            if any(p.numel() == 0 for p in parts):
+                raise _Blocked(f"{desc}: the channels of this group do not reach every one of its {len(parts)} "
+                               "channel groups, so they cannot be pruned evenly")
+            for i, p in enumerate(parts):
+                labels[p, j] = i
+        uniq, inverse = torch.unique(labels, dim=0, return_inverse=True)
+        atoms = [torch.nonzero(inverse == a).reshape(-1) for a in range(uniq.shape[0])]
+        if len({a.numel() for a in atoms}) != 1:
+            raise _Blocked("the channel groups of " + ", ".join(d for d, _, _ in constraints)
+                           + " overlap unevenly; pyslim cannot prune them evenly")
+        for j, (desc, parts, _) in enumerate(constraints):
+            counts = {int((uniq[:, j] == i).sum()) for i in range(len(parts))}
+            if len(counts) != 1:
+                raise _Blocked(f"{desc}: its channel groups cannot be pruned evenly together with the others")
+        atoms.sort(key=lambda a: int(a.min()))
+        self.group.partition = atoms
 
     def _getitem_backward(self, node: fx.Node, dim: int, owner: torch.Tensor) -> None:
         src = node.args[0]
         if isinstance(src, fx.Node) and _op_name(src) in _SPLIT and _op_name(src) != "unbind":
             if self._split_dim(src) == dim:
-                raise _Blocked(f"'{src.name}' splits the tensor along the pruned channel axis")
+                if not isinstance(node.args[1], int):
+                    raise _Blocked(f"'{node.name}' indexes the pieces of '{src.name}' with a computed index")
+                site = self._split_site(src, dim % len(_shape(src.args[0])))
+                full = torch.full((sum(site.sizes),), -1, dtype=torch.long)
+                a, b = _window(site.sizes, node.args[1])
+                full[a:b] = owner
+                self._visit(src.args[0], dim, full)   # the input's consumers revisit the other pieces
+                return
             self._visit(src.args[0], dim, owner)
             # the other pieces of the same split are coupled too
             for item in src.users:
@@ -989,6 +1133,12 @@ class _Walker:
                     self._visit(item, dim, owner)
             return
         raise _Blocked(f"pruned channels reach the indexing '{node.name}'")
+
+
+def _window(sizes: Sequence[int], index: int) -> Tuple[int, int]:
+    index = index % len(sizes)
+    a = sum(sizes[:index])
+    return a, a + sizes[index]
 
 
 def _merge_owner(a: torch.Tensor, b: torch.Tensor, where: str) -> torch.Tensor:

@@ -105,6 +105,7 @@ class FilterPruner:
         self._lazy_masks: Dict[Tuple[str, str], torch.Tensor] = {}
         self._hooks: List[Any] = []
         self._output_shapes: Optional[List[Tuple[int, ...]]] = None
+        self._graph_backup: Dict[str, Tuple[tuple, dict]] = {}   # fx node name -> original (args, kwargs)
 
     # ------------------------------------------------------------------------------------------ public
     @property
@@ -151,6 +152,7 @@ class FilterPruner:
         combined: Dict[_Key, torch.Tensor] = {}
         members: Dict[_Key, Any] = {}
         touched_groups: List[Group] = []
+        split_keep: Dict[str, Tuple[Any, torch.Tensor]] = {}
         taken: Dict[Tuple[str, int], str] = {}
         for name, ratio in ratios.items():
             group = graph.group(name)
@@ -168,7 +170,10 @@ class FilterPruner:
                 continue
             for entry in group.entries():
                 taken.setdefault(entry, name)
-            pruned = self.select(self.scores(group), float(ratio), align)
+            if group.partition is not None:
+                pruned = _balanced_select(self.scores(group), group.partition, float(ratio), align)
+            else:
+                pruned = self.select(self.scores(group), float(ratio), align)
             if pruned.numel() == 0:
                 plan.pruned_channels[name] = []
                 continue
@@ -179,6 +184,12 @@ class FilterPruner:
                 keep = ~torch.isin(m.owner, pruned)
                 combined[key] = combined[key] & keep if key in combined else keep
                 members[key] = m
+            for site in group.splits:
+                keep = ~torch.isin(site.owner, pruned)
+                if site.node_name in split_keep:
+                    split_keep[site.node_name] = (site, split_keep[site.node_name][1] & keep)
+                else:
+                    split_keep[site.node_name] = (site, keep)
         axes_per_tensor: Dict[Tuple[str, str], int] = {}
         for key in combined:
             axes_per_tensor[key[:2]] = axes_per_tensor.get(key[:2], 0) + 1
@@ -193,7 +204,7 @@ class FilterPruner:
         else:
             if self._lazy_masks:
                 raise ValueError("apply='physical' while lazy masks are active; call restore() first")
-            self._apply_physical(combined, members, touched_groups)
+            self._apply_physical(combined, members, touched_groups, split_keep)
         logger.info("pyslim.prune: %s pruning of %d group(s), %d tensor slice(s)", apply, len(touched_groups),
                     len(combined))
         return plan
@@ -213,6 +224,8 @@ class FilterPruner:
                                                for k, v in state.items()}
         self._backup.clear()
         self._optimizer_backup.clear()
+        self._restore_graph(self._graph_backup)
+        self._graph_backup.clear()
         self._graph = None
 
     def sensitive(self, eval_func, sen_file="sensitivities.json", target_vars=None, skip_vars=None,
@@ -305,7 +318,7 @@ class FilterPruner:
         return local
 
     def _apply_physical(self, combined: Dict[_Key, torch.Tensor], members: Dict[_Key, Any],
-                        groups: List[Group]) -> None:
+                        groups: List[Group], split_keep: Optional[Dict[str, Tuple[Any, torch.Tensor]]] = None) -> None:
         if self.verify and self._output_shapes is None:
             self._output_shapes = self._run_shapes()
         attention_modules = tuple(name for g in groups for name in g.attention)
@@ -316,11 +329,16 @@ class FilterPruner:
                 p = m.module._parameters.get(m.tensor_name)
                 if p is not None and p in self.optimizer.state:
                     optimizer_local[id(p)] = (p, dict(self.optimizer.state[p]))
+        graph_local: Dict[str, Tuple[tuple, dict]] = {}
         try:
             for key, keep in combined.items():
                 m = members[key]
+                if m.groups > 1:
+                    self._slice_grouped(m.module, m.tensor_name, keep, m.groups)
+                    continue
                 idx = torch.nonzero(keep).reshape(-1)
                 self._slice(m.module, m.tensor_name, m.axis, idx)
+            self._rewrite_splits(split_keep or {}, graph_local)
             depthwise, attention = {}, {}
             for g in groups:
                 depthwise.update(g.depthwise)
@@ -338,11 +356,76 @@ class FilterPruner:
                     raise RuntimeError(f"output shapes changed from {self._output_shapes} to {shapes}")
         except Exception as e:
             self._load_snapshot(local)
+            self._restore_graph(graph_local)
             for _, (p, state) in optimizer_local.items():
                 self.optimizer.state[p] = state
             self._graph = None
             raise RuntimeError(f"pyslim.prune: the pruned model failed its check and was rolled back: "
                                f"{type(e).__name__}: {e}") from e
+
+    def _rewrite_splits(self, split_keep: Dict[str, Tuple[Any, torch.Tensor]],
+                        graph_local: Dict[str, Tuple[tuple, dict]]) -> None:
+        """New piece sizes of the split / chunk nodes along pruned axes; literal sizes are rewritten in the
+        model's fx graph (the walker blocked the group when that is impossible)."""
+        changed = False
+        for name, (site, keep) in split_keep.items():
+            sizes = site.new_sizes(keep)
+            if sizes == site.sizes:
+                continue
+            if site.kind in ("chunk", "int") and len(set(sizes)) != 1:
+                raise RuntimeError(f"'{name}' would get unequal pieces {sizes}")
+            if not site.rewrite:
+                continue
+            node = next((n for n in self.model.graph.nodes if n.name == name), None)
+            if node is None:
+                raise RuntimeError(f"split node '{name}' not found in the model's fx graph")
+            if name not in graph_local:
+                graph_local[name] = (node.args, dict(node.kwargs))
+            self._graph_backup.setdefault(name, (node.args, dict(node.kwargs)))
+            cur = node.args[1] if len(node.args) > 1 else None
+            new_arg: Any = sizes[0] if site.kind == "int" else (type(cur)(sizes) if isinstance(cur, (list, tuple))
+                                                                 else list(sizes))
+            if len(node.args) > 1:
+                args = list(node.args)
+                args[1] = new_arg
+                node.args = tuple(args)
+            else:
+                kwargs = dict(node.kwargs)
+                key = next(k for k in ("split_size_or_sections", "split_size", "split_sizes", "sections")
+                           if k in kwargs)
+                kwargs[key] = new_arg
+                node.kwargs = kwargs
+            changed = True
+        if changed:
+            self.model.recompile()
+
+    def _restore_graph(self, backup: Dict[str, Tuple[tuple, dict]]) -> None:
+        if not backup or not hasattr(self.model, "graph"):
+            return
+        for node in self.model.graph.nodes:
+            if node.name in backup:
+                node.args, node.kwargs = backup[node.name][0], dict(backup[node.name][1])
+        self.model.recompile()
+
+    def _slice_grouped(self, module: nn.Module, tensor_name: str, keep: torch.Tensor, groups: int) -> None:
+        """Axis 1 of a grouped conv weight: rows of group b keep the input channels kept in group b."""
+        p = module._parameters[tensor_name]
+        old_shape = p.shape
+        index = _grouped_index(keep, groups, p.shape[0])
+
+        def take(t: torch.Tensor) -> torch.Tensor:
+            idx = index.to(t.device).view(index.shape + (1,) * (t.dim() - 2)).expand(
+                (t.shape[0], index.shape[1]) + tuple(t.shape[2:]))
+            return t.gather(1, idx).contiguous()
+
+        p.data = take(p.data)
+        if p.grad is not None:
+            p.grad = take(p.grad)
+        if self.optimizer is not None and p in self.optimizer.state:
+            state = self.optimizer.state[p]
+            for k, v in list(state.items()):
+                if isinstance(v, torch.Tensor) and v.shape == old_shape:
+                    state[k] = take(v)
 
     def _slice(self, module: nn.Module, tensor_name: str, axis: int, idx: torch.Tensor) -> None:
         if tensor_name in module._parameters:
@@ -369,8 +452,12 @@ class FilterPruner:
             if p is None:
                 continue  # buffers (running statistics) are left as they are in lazy mode
             shape = [1] * p.dim()
-            shape[m.axis] = keep.numel()
-            mask = keep.to(p.dtype).view(shape).to(p.device)
+            if m.groups > 1:
+                rows = keep.view(m.groups, -1).repeat_interleave(p.shape[0] // m.groups, dim=0)
+                mask = rows.to(p.dtype).view(rows.shape + (1,) * (p.dim() - 2)).to(p.device)
+            else:
+                shape[m.axis] = keep.numel()
+                mask = keep.to(p.dtype).view(shape).to(p.device)
             mkey = (m.module_name, m.tensor_name)
             self._lazy_masks[mkey] = self._lazy_masks[mkey] * mask if mkey in self._lazy_masks else mask
             new_modules.add(m.module_name)
@@ -406,6 +493,38 @@ class FilterPruner:
             for m, t in flags.items():
                 m.training = t
         return [tuple(t.shape) for t in _tensors_of(out)]
+
+
+def _grouped_index(keep: torch.Tensor, groups: int, rows: int) -> torch.Tensor:
+    """(rows, kept per group) column indices for a grouped conv weight whose input channels ``keep``."""
+    per_group = keep.view(groups, -1)
+    counts = per_group.sum(dim=1)
+    if bool((counts != counts[0]).any()):
+        raise RuntimeError(f"grouped convolution would keep unequal input channels per group: {counts.tolist()}")
+    cols = torch.stack([torch.nonzero(r).reshape(-1) for r in per_group])   # (groups, kept)
+    return cols.repeat_interleave(rows // groups, dim=0)
+
+
+def _balanced_select(scores: torch.Tensor, partition: List[torch.Tensor], ratio: float,
+                     align: Optional[int]) -> torch.Tensor:
+    """Equal pruning per channel group (grouped convs, chunks): each of the P equal-size groups of s root
+    channels loses ``pruned_count(s, ratio)`` channels (banker's rounding per group, at least one kept per
+    group), chosen by the criterion inside the group (lowest score first, ties: lower index). With ``align``
+    the kept count per group grows until the total kept (P * kept) is a multiple of ``align`` (or nothing
+    is pruned)."""
+    s, groups = partition[0].numel(), len(partition)
+    kept = s - criteria.pruned_count(s, ratio)
+    if align is not None:
+        while kept < s and (kept * groups) % align:
+            kept += 1
+    n = s - kept
+    if n <= 0:
+        return torch.empty(0, dtype=torch.long)
+    out = []
+    for part in partition:
+        order = torch.argsort(scores[part], stable=True)
+        out.append(part[order[:n]])
+    return torch.sort(torch.cat(out)).values
 
 
 def _tensors_of(out: Any) -> List[torch.Tensor]:

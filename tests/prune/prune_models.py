@@ -252,3 +252,63 @@ ZOO = {
 }
 
 
+
+
+class ChunkBranches(nn.Module):
+    """x -> conv -> chunk(2, dim=1) -> two branches -> cat -> head (chunk count needs no rewrite)."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = conv_bn(3, 16)
+        self.left = conv_bn(8, 8)
+        self.right = conv_bn(8, 12)
+        self.head = nn.Conv2d(20, 4, 1)
+
+    def forward(self, x):
+        a, b = torch.chunk(self.stem(x), 2, dim=1)
+        return self.head(torch.cat([self.left(a), self.right(b)], dim=1))
+
+
+class SplitSizes(nn.Module):
+    """x -> conv -> split([6, 10], dim=1) -> two branches -> cat -> head (literal sizes: rewritten when
+    the model is an fx.GraphModule, blocked otherwise)."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = conv_bn(3, 16)
+        self.left = conv_bn(6, 8)
+        self.right = conv_bn(10, 8)
+        self.head = nn.Conv2d(16, 4, 1)
+
+    def forward(self, x):
+        a, b = self.stem(x).split([6, 10], dim=1)
+        return self.head(torch.cat([self.left(a), self.right(b)], dim=1))
+
+
+class ResNeXtBlock(nn.Module):
+    """1x1 reduce -> grouped 3x3 (cardinality ``groups``) -> 1x1 expand, with an identity shortcut."""
+
+    def __init__(self, cin=32, width=32, groups=8):
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, width, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(width)
+        self.conv2 = nn.Conv2d(width, width, 3, 1, 1, groups=groups, bias=False)
+        self.bn2 = nn.BatchNorm2d(width)
+        self.conv3 = nn.Conv2d(width, cin, 1, bias=False)
+        self.bn3 = nn.BatchNorm2d(cin)
+
+    def forward(self, x):
+        out = F.relu(self.bn1(self.conv1(x)))
+        out = F.relu(self.bn2(self.conv2(out)))
+        return F.relu(self.bn3(self.conv3(out)) + x)
+
+
+class ResNeXtNet(nn.Module):
+    def __init__(self, groups=8):
+        super().__init__()
+        self.stem = conv_bn(3, 32)
+        self.block = ResNeXtBlock(32, 32, groups)
+        self.fc = nn.Linear(32, 10)
+
+    def forward(self, x):
+        return self.fc(F.adaptive_avg_pool2d(self.block(self.stem(x)), 1).flatten(1))

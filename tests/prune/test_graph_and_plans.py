@@ -74,10 +74,10 @@ class SplitNet(nn.Module):
         self.e = nn.Conv2d(3, 8, 3, padding=1)
 
     def forward(self, x):
-        a1, a2 = torch.chunk(self.a(x), 2, dim=1)                   # split along channels: blocked
+        a1, a2 = torch.chunk(self.a(x), 2, dim=1)                   # channel chunk; a2 then reduced: blocked
         top, bottom = torch.split(self.c(x), [16, 16], dim=2)       # split along height: passes through
         y = self.d(torch.cat([top, bottom], dim=2))
-        z = self.g(self.e(x))                                       # grouped conv: blocked
+        z = self.g(self.e(x))                                       # grouped conv: e prunable, g's output reduced
         w = torch.fft.fft(y).real                                   # unknown op: blocked
         return self.b(a1) + a2.sum() + w.sum() + z.sum()
 
@@ -88,19 +88,22 @@ def test_blocked_groups_are_refused_and_model_unchanged():
     before = {k: v.clone() for k, v in model.state_dict().items()}
     pruner = L1NormFilterPruner(model, x)
     graph = pruner.graph
-    assert "splits the tensor along the pruned channel axis" in graph.group("a.weight").blocked
-    assert "grouped convolution" in graph.group("e.weight").blocked
-    assert "grouped convolution" in graph.group("g.weight").blocked
+    # a2.sum() and z.sum() reduce over every axis, so the channels of a and g cannot shrink; the grouped
+    # conv itself no longer blocks its producer e (pyslim prunes equal counts per conv group).
+    assert "reduces over every axis" in graph.group("a.weight").blocked
+    assert graph.group("e.weight").blocked is None
+    assert "reduces over every axis" in graph.group("g.weight").blocked
     assert "fft" in graph.group("d.weight").blocked
     assert graph.group("c.weight").blocked is None                  # split along H passes through
     plan = pruner.prune_vars({"a.weight": 0.5, "e.weight": 0.5, "d.weight": 0.5, "c.weight": 0.5})
-    assert set(plan.skipped) == {"a.weight", "e.weight", "d.weight"}
+    assert set(plan.skipped) == {"a.weight", "d.weight"}
     assert model.c.out_channels == 4 and model.d.in_channels == 4
+    assert model.e.out_channels == 4 and model.g.in_channels == 4 and model.g.groups == 4
     for k, v in model.state_dict().items():
-        if not k.startswith(("c.", "d.")):
+        if not k.startswith(("c.", "d.", "e.", "g.")):
             assert torch.equal(v, before[k]), k
-    with pytest.raises(ValueError, match="grouped convolution"):
-        pruner.prune_vars({"e.weight": 0.5}, strict=True)
+    with pytest.raises(ValueError, match="fft"):
+        pruner.prune_vars({"d.weight": 0.5}, strict=True)
     model(x)
 
 
