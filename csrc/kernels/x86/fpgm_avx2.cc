@@ -14,6 +14,7 @@
 #include <cmath>
 #include <cstdint>
 
+#include "../fpgm_pair_walk.h"
 #include "pyslim/kernels.h"
 
 namespace pyslim {
@@ -69,26 +70,7 @@ inline void tile(const float* const* a, const float* const* b, int64_t K, double
 
 void fpgm_pair_block_avx2(const float* W, int64_t K, int64_t ld, int64_t i0, int64_t i1, int64_t j0, int64_t j1,
                           double* row_sums) {
-  for (int64_t ia = i0; ia < i1; ia += kMR) {
-    const int64_t mr = i1 - ia < kMR ? i1 - ia : kMR;
-    const float* a[kMR];
-    for (int m = 0; m < kMR; ++m) a[m] = W + (ia + (m < mr ? m : 0)) * ld;
-    for (int64_t jb = (j0 > ia + 1 ? j0 : ia + 1); jb < j1; jb += kNR) {
-      const int64_t nr = j1 - jb < kNR ? j1 - jb : kNR;
-      const float* b[kNR];
-      for (int n = 0; n < kNR; ++n) b[n] = W + (jb + (n < nr ? n : 0)) * ld;
-      double sq[kMR * kNR];
-      tile(a, b, K, sq);
-      for (int64_t m = 0; m < mr; ++m)
-        for (int64_t n = 0; n < nr; ++n) {
-          const int64_t i = ia + m, j = jb + n;
-          if (j <= i) continue;
-          const double d = std::sqrt(sq[m * kNR + n]);
-          row_sums[i] += d;
-          row_sums[j] += d;
-        }
-    }
-  }
+  fpgm_walk_pairs<kMR, kNR>(W, K, ld, i0, i1, j0, j1, row_sums, tile);
 }
 
 }  // namespace
