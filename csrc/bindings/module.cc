@@ -158,51 +158,54 @@ void abs_max(const py::capsule& x_cap, const py::capsule& out_cap, OptAxis axis,
   abs_max_channels(active_kernels(), x.ptr<float>(), l, out.ptr<float>(), threads);
 }
 
-void fake_quant_symmetric_op(const py::capsule& x_cap, const py::capsule& y_cap, const py::capsule& scale_cap,
-                             OptAxis axis, int bits, int round, int threads, intptr_t stream) {
+// The symmetric and affine forwards, with or without the 1-bit clipped-gradient mask (mask_cap null: none).
+// One validation path serves both, so a masked variant can never check less than its plain twin.
+void fake_quant_symmetric_impl(const py::capsule& x_cap, const py::capsule& y_cap, const py::capsule* mask_cap,
+                               const py::capsule& scale_cap, OptAxis axis, int bits, int round, int mask_kind,
+                               bool reduce_scale, int threads, intptr_t stream) {
   const TensorArg x = float_input(x_cap, "x");
   const TensorArg y = output_like(y_cap, "out", x, DType::kFloat32);
   require_no_partial_overlap(x, y);
+  std::optional<TensorArg> mask;
+  if (mask_cap) mask = mask_arg(*mask_cap, x, {&x, &y});
   const ChannelLayout l = channel_layout(x, axis);
-  const TensorArg scale = tensor_arg(scale_cap, "scale");
+  const TensorArg scale = tensor_arg(scale_cap, reduce_scale ? "scale_out" : "scale");
   require_params(x, l, scale, nullptr);
-  require_positive_scales(scale);
+  if (!reduce_scale) require_positive_scales(scale);
   const int32_t bin = bin_for_bits(bits);
   const RoundMode rm = round_mode(round);
+  const GradMask gm = mask ? grad_mask(mask_kind) : GradMask::kNone;
   thread_count(threads);
+  uint8_t* bits_out = mask ? mask->ptr<uint8_t>() : nullptr;
   py::gil_scoped_release release;
 #if defined(PYSLIM_WITH_CUDA)
-  if (x.on_cuda()) return cuda::fake_quant_symmetric(x.ptr<float>(), y.ptr<float>(), l, scale.ptr<float>(), bin, rm,
-                                                     stream);
+  if (x.on_cuda()) {
+    if (reduce_scale) cuda::abs_max_channels(x.ptr<float>(), l, scale.ptr<float>(), stream);
+    if (bits_out)
+      return cuda::fake_quant_symmetric_mask(x.ptr<float>(), y.ptr<float>(), bits_out, l, scale.ptr<float>(), bin, rm,
+                                             gm, stream);
+    return cuda::fake_quant_symmetric(x.ptr<float>(), y.ptr<float>(), l, scale.ptr<float>(), bin, rm, stream);
+  }
 #endif
   (void)stream;
-  fake_quant_symmetric(active_kernels(), x.ptr<float>(), y.ptr<float>(), l, scale.ptr<float>(), bin, rm, threads);
+  const KernelTable& k = active_kernels();
+  if (reduce_scale) abs_max_channels(k, x.ptr<float>(), l, scale.ptr<float>(), threads);
+  if (bits_out)
+    return fake_quant_symmetric_mask(k, x.ptr<float>(), y.ptr<float>(), bits_out, l, scale.ptr<float>(), bin, rm, gm,
+                                     threads);
+  fake_quant_symmetric(k, x.ptr<float>(), y.ptr<float>(), l, scale.ptr<float>(), bin, rm, threads);
+}
+
+void fake_quant_symmetric_op(const py::capsule& x_cap, const py::capsule& y_cap, const py::capsule& scale_cap,
+                             OptAxis axis, int bits, int round, int threads, intptr_t stream) {
+  fake_quant_symmetric_impl(x_cap, y_cap, nullptr, scale_cap, axis, bits, round, 0, false, threads, stream);
 }
 
 // abs_max / channel_wise_abs_max: the scale is reduced from x and written to scale_out, then x is
 // quantized with it, in one native call.
 void fake_quant_abs_max_op(const py::capsule& x_cap, const py::capsule& y_cap, const py::capsule& scale_cap,
                            OptAxis axis, int bits, int round, int threads, intptr_t stream) {
-  const TensorArg x = float_input(x_cap, "x");
-  const TensorArg y = output_like(y_cap, "out", x, DType::kFloat32);
-  require_no_partial_overlap(x, y);
-  const ChannelLayout l = channel_layout(x, axis);
-  const TensorArg scale = tensor_arg(scale_cap, "scale_out");
-  require_params(x, l, scale, nullptr);
-  const int32_t bin = bin_for_bits(bits);
-  const RoundMode rm = round_mode(round);
-  thread_count(threads);
-  py::gil_scoped_release release;
-#if defined(PYSLIM_WITH_CUDA)
-  if (x.on_cuda()) {
-    cuda::abs_max_channels(x.ptr<float>(), l, scale.ptr<float>(), stream);
-    return cuda::fake_quant_symmetric(x.ptr<float>(), y.ptr<float>(), l, scale.ptr<float>(), bin, rm, stream);
-  }
-#endif
-  (void)stream;
-  const KernelTable& k = active_kernels();
-  abs_max_channels(k, x.ptr<float>(), l, scale.ptr<float>(), threads);
-  fake_quant_symmetric(k, x.ptr<float>(), y.ptr<float>(), l, scale.ptr<float>(), bin, rm, threads);
+  fake_quant_symmetric_impl(x_cap, y_cap, nullptr, scale_cap, axis, bits, round, 0, true, threads, stream);
 }
 
 // PaddleSlim's bias-corrected moving average of the per-batch abs-max, updated in place:
@@ -267,12 +270,14 @@ void fake_quant_symmetric_backward_op(const py::capsule& x_cap, const py::capsul
                                 scale.ptr<float>(), bin, rm, gm, gs, threads);
 }
 
-void fake_quant_affine_op(const py::capsule& x_cap, const py::capsule& y_cap, const py::capsule& scale_cap,
-                          const py::capsule& zp_cap, OptAxis axis, int64_t qmin, int64_t qmax, int round, int threads,
-                          intptr_t stream) {
+void fake_quant_affine_impl(const py::capsule& x_cap, const py::capsule& y_cap, const py::capsule* mask_cap,
+                            const py::capsule& scale_cap, const py::capsule& zp_cap, OptAxis axis, int64_t qmin,
+                            int64_t qmax, int round, int threads, intptr_t stream) {
   const TensorArg x = float_input(x_cap, "x");
   const TensorArg y = output_like(y_cap, "out", x, DType::kFloat32);
   require_no_partial_overlap(x, y);
+  std::optional<TensorArg> mask;
+  if (mask_cap) mask = mask_arg(*mask_cap, x, {&x, &y});
   const ChannelLayout l = channel_layout(x, axis);
   const TensorArg scale = tensor_arg(scale_cap, "scale");
   const TensorArg zp = tensor_arg(zp_cap, "zero_point");
@@ -282,15 +287,30 @@ void fake_quant_affine_op(const py::capsule& x_cap, const py::capsule& y_cap, co
   require_zero_points(zp, static_cast<int32_t>(qmin), static_cast<int32_t>(qmax));
   const RoundMode rm = round_mode(round);
   thread_count(threads);
+  const auto lo = static_cast<int32_t>(qmin), hi = static_cast<int32_t>(qmax);
+  uint8_t* bits_out = mask ? mask->ptr<uint8_t>() : nullptr;
   py::gil_scoped_release release;
 #if defined(PYSLIM_WITH_CUDA)
-  if (x.on_cuda())
-    return cuda::fake_quant_affine(x.ptr<float>(), y.ptr<float>(), l, scale.ptr<float>(), zp.ptr<int32_t>(),
-                                   static_cast<int32_t>(qmin), static_cast<int32_t>(qmax), rm, stream);
+  if (x.on_cuda()) {
+    if (bits_out)
+      return cuda::fake_quant_affine_mask(x.ptr<float>(), y.ptr<float>(), bits_out, l, scale.ptr<float>(),
+                                          zp.ptr<int32_t>(), lo, hi, rm, stream);
+    return cuda::fake_quant_affine(x.ptr<float>(), y.ptr<float>(), l, scale.ptr<float>(), zp.ptr<int32_t>(), lo, hi,
+                                   rm, stream);
+  }
 #endif
   (void)stream;
-  fake_quant_affine(active_kernels(), x.ptr<float>(), y.ptr<float>(), l, scale.ptr<float>(), zp.ptr<int32_t>(),
-                    static_cast<int32_t>(qmin), static_cast<int32_t>(qmax), rm, threads);
+  if (bits_out)
+    return fake_quant_affine_mask(active_kernels(), x.ptr<float>(), y.ptr<float>(), bits_out, l, scale.ptr<float>(),
+                                  zp.ptr<int32_t>(), lo, hi, rm, threads);
+  fake_quant_affine(active_kernels(), x.ptr<float>(), y.ptr<float>(), l, scale.ptr<float>(), zp.ptr<int32_t>(), lo,
+                    hi, rm, threads);
+}
+
+void fake_quant_affine_op(const py::capsule& x_cap, const py::capsule& y_cap, const py::capsule& scale_cap,
+                          const py::capsule& zp_cap, OptAxis axis, int64_t qmin, int64_t qmax, int round, int threads,
+                          intptr_t stream) {
+  fake_quant_affine_impl(x_cap, y_cap, nullptr, scale_cap, zp_cap, axis, qmin, qmax, round, threads, stream);
 }
 
 void fake_quant_affine_backward_op(const py::capsule& x_cap, const py::capsule& grad_cap,
@@ -330,90 +350,25 @@ void fake_quant_affine_backward_op(const py::capsule& x_cap, const py::capsule& 
                              static_cast<int32_t>(qmax), rm, gm, gs, gz, threads);
 }
 
-// ---- forwards that also write the clipped straight-through mask, and the backward that reads it ----
+// ---- forwards that also write the clipped straight-through mask (apply_grad_mask below reads it) ----
 
 void fake_quant_symmetric_masked_op(const py::capsule& x_cap, const py::capsule& y_cap, const py::capsule& mask_cap,
                                     const py::capsule& scale_cap, OptAxis axis, int bits, int round, int mask_kind,
                                     int threads, intptr_t stream) {
-  const TensorArg x = float_input(x_cap, "x");
-  const TensorArg y = output_like(y_cap, "out", x, DType::kFloat32);
-  require_no_partial_overlap(x, y);
-  const TensorArg mask = mask_arg(mask_cap, x, {&x, &y});
-  const ChannelLayout l = channel_layout(x, axis);
-  const TensorArg scale = tensor_arg(scale_cap, "scale");
-  require_params(x, l, scale, nullptr);
-  require_positive_scales(scale);
-  const int32_t bin = bin_for_bits(bits);
-  const RoundMode rm = round_mode(round);
-  const GradMask gm = grad_mask(mask_kind);
-  thread_count(threads);
-  py::gil_scoped_release release;
-#if defined(PYSLIM_WITH_CUDA)
-  if (x.on_cuda())
-    return cuda::fake_quant_symmetric_mask(x.ptr<float>(), y.ptr<float>(), mask.ptr<uint8_t>(), l, scale.ptr<float>(),
-                                           bin, rm, gm, stream);
-#endif
-  (void)stream;
-  fake_quant_symmetric_mask(active_kernels(), x.ptr<float>(), y.ptr<float>(), mask.ptr<uint8_t>(), l,
-                            scale.ptr<float>(), bin, rm, gm, threads);
+  fake_quant_symmetric_impl(x_cap, y_cap, &mask_cap, scale_cap, axis, bits, round, mask_kind, false, threads, stream);
 }
 
 // abs_max / channel_wise_abs_max with the mask: the scale is reduced from x into scale_out first.
 void fake_quant_abs_max_masked_op(const py::capsule& x_cap, const py::capsule& y_cap, const py::capsule& scale_cap,
                                   const py::capsule& mask_cap, OptAxis axis, int bits, int round, int mask_kind,
                                   int threads, intptr_t stream) {
-  const TensorArg x = float_input(x_cap, "x");
-  const TensorArg y = output_like(y_cap, "out", x, DType::kFloat32);
-  require_no_partial_overlap(x, y);
-  const TensorArg mask = mask_arg(mask_cap, x, {&x, &y});
-  const ChannelLayout l = channel_layout(x, axis);
-  const TensorArg scale = tensor_arg(scale_cap, "scale_out");
-  require_params(x, l, scale, nullptr);
-  const int32_t bin = bin_for_bits(bits);
-  const RoundMode rm = round_mode(round);
-  const GradMask gm = grad_mask(mask_kind);
-  thread_count(threads);
-  py::gil_scoped_release release;
-#if defined(PYSLIM_WITH_CUDA)
-  if (x.on_cuda()) {
-    cuda::abs_max_channels(x.ptr<float>(), l, scale.ptr<float>(), stream);
-    return cuda::fake_quant_symmetric_mask(x.ptr<float>(), y.ptr<float>(), mask.ptr<uint8_t>(), l, scale.ptr<float>(),
-                                           bin, rm, gm, stream);
-  }
-#endif
-  (void)stream;
-  const KernelTable& k = active_kernels();
-  abs_max_channels(k, x.ptr<float>(), l, scale.ptr<float>(), threads);
-  fake_quant_symmetric_mask(k, x.ptr<float>(), y.ptr<float>(), mask.ptr<uint8_t>(), l, scale.ptr<float>(), bin, rm,
-                            gm, threads);
+  fake_quant_symmetric_impl(x_cap, y_cap, &mask_cap, scale_cap, axis, bits, round, mask_kind, true, threads, stream);
 }
 
 void fake_quant_affine_masked_op(const py::capsule& x_cap, const py::capsule& y_cap, const py::capsule& mask_cap,
                                  const py::capsule& scale_cap, const py::capsule& zp_cap, OptAxis axis, int64_t qmin,
                                  int64_t qmax, int round, int threads, intptr_t stream) {
-  const TensorArg x = float_input(x_cap, "x");
-  const TensorArg y = output_like(y_cap, "out", x, DType::kFloat32);
-  require_no_partial_overlap(x, y);
-  const TensorArg mask = mask_arg(mask_cap, x, {&x, &y});
-  const ChannelLayout l = channel_layout(x, axis);
-  const TensorArg scale = tensor_arg(scale_cap, "scale");
-  const TensorArg zp = tensor_arg(zp_cap, "zero_point");
-  require_params(x, l, scale, &zp);
-  require_range(qmin, qmax, -(int64_t{1} << 31), (int64_t{1} << 31) - 1, "affine fake quantization");
-  require_positive_scales(scale);
-  require_zero_points(zp, static_cast<int32_t>(qmin), static_cast<int32_t>(qmax));
-  const RoundMode rm = round_mode(round);
-  thread_count(threads);
-  py::gil_scoped_release release;
-#if defined(PYSLIM_WITH_CUDA)
-  if (x.on_cuda())
-    return cuda::fake_quant_affine_mask(x.ptr<float>(), y.ptr<float>(), mask.ptr<uint8_t>(), l, scale.ptr<float>(),
-                                        zp.ptr<int32_t>(), static_cast<int32_t>(qmin), static_cast<int32_t>(qmax), rm,
-                                        stream);
-#endif
-  (void)stream;
-  fake_quant_affine_mask(active_kernels(), x.ptr<float>(), y.ptr<float>(), mask.ptr<uint8_t>(), l, scale.ptr<float>(),
-                         zp.ptr<int32_t>(), static_cast<int32_t>(qmin), static_cast<int32_t>(qmax), rm, threads);
+  fake_quant_affine_impl(x_cap, y_cap, &mask_cap, scale_cap, zp_cap, axis, qmin, qmax, round, threads, stream);
 }
 
 // grad_x = grad where the saved mask bit is set, else 0 (the backward of the masked forwards).
