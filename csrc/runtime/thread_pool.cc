@@ -1,23 +1,76 @@
 #include "pyslim/thread_pool.h"
 
 #include <atomic>
+#include <chrono>
 #include <condition_variable>
+#include <cstdlib>
 #include <memory>
 #include <mutex>
 #include <thread>
 #include <vector>
+
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
+#endif
 
 namespace pyslim {
 namespace {
 
 thread_local bool in_pool_task = false;
 
+inline void cpu_relax() {
+#if defined(__x86_64__) || defined(__i386__)
+  _mm_pause();
+#elif defined(__aarch64__)
+  asm volatile("yield" ::: "memory");
+#endif
+}
+
+// How long a helper keeps polling for the next call after finishing one (and how long the caller polls for
+// its helpers before sleeping). A condition-variable wake-up costs ~50 us on the development VM — as much as a
+// small convolution — so back-to-back calls (one layer after another) must not pay it each time; after the
+// spin the threads sleep, so an idle pool costs nothing. PYSLIM_POOL_SPIN_US overrides (0 = always sleep).
+int64_t spin_ns() {
+  static const int64_t ns = [] {
+    const char* v = std::getenv("PYSLIM_POOL_SPIN_US");
+    if (v != nullptr && *v != '\0') {
+      char* end = nullptr;
+      const long us = std::strtol(v, &end, 10);
+      if (end != v && us >= 0) return static_cast<int64_t>(us) * 1000;
+    }
+    return static_cast<int64_t>(100) * 1000;
+  }();
+  return ns;
+}
+
+// Polls `ready` (with a pause between polls) for up to spin_ns(); true as soon as it holds.
+template <typename Ready>
+bool spin_until(const Ready& ready) {
+  const int64_t budget = spin_ns();
+  if (budget <= 0) return ready();
+  const auto start = std::chrono::steady_clock::now();
+  for (;;) {
+    for (int i = 0; i < 64; ++i) {
+      if (ready()) return true;
+      cpu_relax();
+    }
+    if (std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now() - start).count() >
+        budget)
+      return ready();
+  }
+}
+
+// A call is published as one atomic word, (generation << 16) | helpers, so that a helper never pairs one
+// call's generation with another call's helper count.
+constexpr int kHelperBits = 16;
+constexpr uint64_t kHelperMask = (uint64_t{1} << kHelperBits) - 1;
+
 class Pool {
  public:
   ~Pool() {
     {
       std::lock_guard<std::mutex> lock(mu_);
-      stop_ = true;
+      stop_.store(true);
     }
     cv_.notify_all();
     for (auto& t : workers_) t.join();
@@ -25,21 +78,28 @@ class Pool {
 
   void run(int64_t num_tasks, int num_threads, const std::function<void(int64_t)>& fn) {
     std::lock_guard<std::mutex> call_lock(call_mu_);
-    const int helpers = static_cast<int>(std::min<int64_t>(num_tasks, num_threads)) - 1;
-    ensure_workers(helpers);
+    int64_t helpers = std::min<int64_t>(num_tasks, num_threads) - 1;
+    if (helpers > static_cast<int64_t>(kHelperMask)) helpers = static_cast<int64_t>(kHelperMask);
+    ensure_workers(static_cast<int>(helpers));
+    fn_ = &fn;
+    num_tasks_ = num_tasks;
+    next_.store(0, std::memory_order_relaxed);
+    pending_.store(static_cast<int>(helpers), std::memory_order_relaxed);
+    bool wake;
     {
+      // Published under mu_: a helper that is about to sleep either sees the new word in its wait predicate
+      // or is already counted in sleepers_ when we look.
       std::lock_guard<std::mutex> lock(mu_);
-      fn_ = &fn;
-      num_tasks_ = num_tasks;
-      next_.store(0);
-      active_helpers_ = helpers;
-      pending_ = helpers;
-      ++generation_;
+      const uint64_t gen = (call_.load(std::memory_order_relaxed) >> kHelperBits) + 1;
+      call_.store((gen << kHelperBits) | static_cast<uint64_t>(helpers), std::memory_order_release);
+      wake = sleepers_ > 0;
     }
-    cv_.notify_all();
+    if (wake) cv_.notify_all();
     work();
-    std::unique_lock<std::mutex> lock(mu_);
-    done_cv_.wait(lock, [&] { return pending_ == 0; });
+    if (!spin_until([&] { return pending_.load(std::memory_order_acquire) == 0; })) {
+      std::unique_lock<std::mutex> lock(mu_);
+      done_cv_.wait(lock, [&] { return pending_.load(std::memory_order_acquire) == 0; });
+    }
     fn_ = nullptr;
   }
 
@@ -47,7 +107,8 @@ class Pool {
   void ensure_workers(int n) {
     while (static_cast<int>(workers_.size()) < n) {
       const int id = static_cast<int>(workers_.size());
-      workers_.emplace_back([this, id] { loop(id); });
+      const uint64_t now = call_.load(std::memory_order_relaxed);
+      workers_.emplace_back([this, id, now] { loop(id, now); });
     }
   }
 
@@ -58,19 +119,29 @@ class Pool {
     in_pool_task = was;
   }
 
-  void loop(int id) {
-    uint64_t seen = 0;
+  void loop(int id, uint64_t seen) {
     for (;;) {
-      {
+      uint64_t word = call_.load(std::memory_order_acquire);
+      if (word == seen && !spin_until([&] {
+            word = call_.load(std::memory_order_acquire);
+            return word != seen || stop_.load(std::memory_order_relaxed);
+          })) {
         std::unique_lock<std::mutex> lock(mu_);
-        cv_.wait(lock, [&] { return stop_ || (generation_ != seen && id < active_helpers_); });
-        if (stop_) return;
-        seen = generation_;
+        ++sleepers_;
+        cv_.wait(lock, [&] {
+          word = call_.load(std::memory_order_acquire);
+          return word != seen || stop_.load(std::memory_order_relaxed);
+        });
+        --sleepers_;
       }
+      if (stop_.load(std::memory_order_relaxed)) return;
+      seen = word;
+      if (static_cast<uint64_t>(id) >= (word & kHelperMask)) continue;  // not needed for this call
       work();
-      {
-        std::lock_guard<std::mutex> lock(mu_);
-        if (--pending_ == 0) done_cv_.notify_one();
+      if (pending_.fetch_sub(1, std::memory_order_acq_rel) == 1) {
+        // The caller may be asleep on done_cv_; taking mu_ orders this with its predicate check.
+        { std::lock_guard<std::mutex> lock(mu_); }
+        done_cv_.notify_one();
       }
     }
   }
@@ -82,10 +153,10 @@ class Pool {
   const std::function<void(int64_t)>* fn_ = nullptr;
   int64_t num_tasks_ = 0;
   std::atomic<int64_t> next_{0};
-  int active_helpers_ = 0;
-  int pending_ = 0;
-  uint64_t generation_ = 0;
-  bool stop_ = false;
+  std::atomic<uint64_t> call_{0};
+  std::atomic<int> pending_{0};
+  std::atomic<bool> stop_{false};
+  int sleepers_ = 0;  // guarded by mu_
 };
 
 Pool& pool() {
