@@ -8,10 +8,6 @@
 #include <memory>
 #include <vector>
 
-#if defined(__SSE2__)
-#include <emmintrin.h>
-#endif
-
 #include "pyslim/gemm.h"
 #include "pyslim/scratch.h"
 #include "pyslim/thread_pool.h"
@@ -23,59 +19,6 @@ constexpr int64_t kRowBlock = 128;     // rows of A per task
 constexpr int64_t kColBlock = 512;     // columns per task when there are enough row blocks
 constexpr int64_t kPixelBlock = 144;   // output pixels per im2col task (at most; see conv2d_nhwc)
 constexpr int64_t kDepthwisePixels = 256;  // output pixels per depthwise task (whole output rows)
-
-// min and max of a row (for asymmetric dynamic quantization), NaN-sticky. Uses only the baseline vector ISA
-// (SSE2 is part of x86-64, Advanced SIMD of aarch64), so it is safe in this ISA-independent file.
-void row_min_max(const float* x, int64_t n, float* lo_out, float* hi_out) {
-  int64_t i = 0;
-  float lo = 0.0f, hi = 0.0f;
-  bool nan = false;
-#if defined(__SSE2__)
-  // Four independent accumulator sets: min/max have a 3-4 cycle latency, and one chain made this pass
-  // latency-bound (it cost more than the quantization that follows). _mm_min_ps(v, acc) returns acc when v
-  // is NaN, so NaN never enters the accumulators and is tracked by the unordered compare instead.
-  __m128 lo0 = _mm_setzero_ps(), lo1 = lo0, lo2 = lo0, lo3 = lo0;
-  __m128 hi0 = lo0, hi1 = lo0, hi2 = lo0, hi3 = lo0, nan0 = lo0, nan1 = lo0;
-  for (; i + 16 <= n; i += 16) {
-    const __m128 v0 = _mm_loadu_ps(x + i), v1 = _mm_loadu_ps(x + i + 4);
-    const __m128 v2 = _mm_loadu_ps(x + i + 8), v3 = _mm_loadu_ps(x + i + 12);
-    lo0 = _mm_min_ps(v0, lo0);
-    lo1 = _mm_min_ps(v1, lo1);
-    lo2 = _mm_min_ps(v2, lo2);
-    lo3 = _mm_min_ps(v3, lo3);
-    hi0 = _mm_max_ps(v0, hi0);
-    hi1 = _mm_max_ps(v1, hi1);
-    hi2 = _mm_max_ps(v2, hi2);
-    hi3 = _mm_max_ps(v3, hi3);
-    nan0 = _mm_or_ps(nan0, _mm_cmpunord_ps(v0, v1));
-    nan1 = _mm_or_ps(nan1, _mm_cmpunord_ps(v2, v3));
-  }
-  for (; i + 4 <= n; i += 4) {
-    const __m128 v = _mm_loadu_ps(x + i);
-    lo0 = _mm_min_ps(v, lo0);
-    hi0 = _mm_max_ps(v, hi0);
-    nan0 = _mm_or_ps(nan0, _mm_cmpunord_ps(v, v));
-  }
-  const __m128 vlo = _mm_min_ps(_mm_min_ps(lo0, lo1), _mm_min_ps(lo2, lo3));
-  const __m128 vhi = _mm_max_ps(_mm_max_ps(hi0, hi1), _mm_max_ps(hi2, hi3));
-  alignas(16) float l[4], h[4];
-  _mm_store_ps(l, vlo);
-  _mm_store_ps(h, vhi);
-  nan = _mm_movemask_ps(_mm_or_ps(nan0, nan1)) != 0;
-  for (int j = 0; j < 4; ++j) {
-    lo = l[j] < lo ? l[j] : lo;
-    hi = h[j] > hi ? h[j] : hi;
-  }
-#endif
-  for (; i < n; ++i) {
-    const float v = x[i];
-    nan = nan || v != v;
-    lo = v < lo ? v : lo;
-    hi = v > hi ? v : hi;
-  }
-  *lo_out = nan ? std::nanf("") : lo;
-  *hi_out = nan ? std::nanf("") : hi;
-}
 
 // Dynamic quantization parameters from a row's (or tensor's) statistics: symmetric -> zero point 0, scale
 // max|a| / 127; asymmetric -> [lo, hi] onto [-128, 127].
@@ -310,7 +253,7 @@ void gemm_dynamic(const KernelTable& k, const float* A, int64_t lda, bool per_ro
       if (symmetric) {
         hi = k.abs_max(row, K);
       } else {
-        row_min_max(row, K, &lo, &hi);
+        k.range_with_zero(row, K, &lo, &hi);
       }
       dynamic_params(symmetric, lo, hi, &scales[m], &zero_points[m]);
       k.quantize_int8(row, q + m * K, K, &scales[m], &zero_points[m], 0, -128, 127, RoundMode::kHalfToEven);
@@ -340,7 +283,7 @@ void gemm_dynamic(const KernelTable& k, const float* A, int64_t lda, bool per_ro
       if (symmetric) {
         highs[m] = k.abs_max(row, K);
       } else {
-        row_min_max(row, K, &lows[m], &highs[m]);
+        k.range_with_zero(row, K, &lows[m], &highs[m]);
       }
     }
   });

@@ -238,6 +238,52 @@ TEST(FakeQuantKernels, AbsMaxMatchesReference) {
   }
 }
 
+TEST(FakeQuantKernels, RangeWithZeroMatchesReference) {
+  for (Isa isa : usable_isas()) {
+    const KernelTable& k = *kernel_table(isa);
+    for (int64_t n : kSizes) {
+      for (int variant = 0; variant < 5; ++variant) {
+        SCOPED_TRACE(trace(isa, n, 0, "range_with_zero") + " variant=" + std::to_string(variant));
+        std::mt19937 rng(static_cast<uint32_t>(n * 13 + variant));
+        GenOptions opt;
+        opt.nan = variant == 0;
+        opt.inf = variant <= 1;
+        std::vector<float> x(static_cast<size_t>(n));
+        for (auto& v : x) v = make_value(rng, 1.0f, 7.0f, 7, opt);
+        if (variant == 2)  // all positive: lo stays 0
+          for (auto& v : x) v = std::fabs(v) + 0.5f;
+        if (variant == 3)  // all negative: hi stays 0
+          for (auto& v : x) v = -std::fabs(v) - 0.5f;
+        if (variant == 4 && n > 0) {  // extremes in the very last (tail) lane, a NaN there when n is odd
+          for (int64_t i = 0; i < n; ++i) x[i] = std::sin(static_cast<float>(i));
+          x[n - 1] = (n % 2) ? std::nanf("") : -9.5f;
+          if (n > 1) x[n - 2] = 8.25f;
+        }
+        // The plain definition, checked against the reference first.
+        bool nan = false;
+        float lo = 0.0f, hi = 0.0f;
+        for (float v : x) {
+          nan = nan || std::isnan(v);
+          lo = std::min(lo, v);
+          hi = std::max(hi, v);
+        }
+        float want_lo, want_hi, got_lo, got_hi;
+        ref().range_with_zero(x.data(), n, &want_lo, &want_hi);
+        k.range_with_zero(x.data(), n, &got_lo, &got_hi);
+        if (nan) {
+          EXPECT_TRUE(std::isnan(want_lo) && std::isnan(want_hi));
+          EXPECT_TRUE(std::isnan(got_lo) && std::isnan(got_hi)) << describe(got_lo) << " " << describe(got_hi);
+        } else {
+          EXPECT_EQ(want_lo, lo);
+          EXPECT_EQ(want_hi, hi);
+          EXPECT_EQ(got_lo, want_lo);  // == : a zero may come back with either sign
+          EXPECT_EQ(got_hi, want_hi);
+        }
+      }
+    }
+  }
+}
+
 TEST(FakeQuantKernels, AbsMaxAccumulateMatchesReference) {
   for (Isa isa : simd_isas()) {
     const KernelTable& k = *kernel_table(isa);
@@ -1006,6 +1052,7 @@ TEST(Isa, UsablePathsAreBuiltAndDetected) {
     const KernelTable& k = *kernel_table(isa);
     const void* entries[] = {reinterpret_cast<const void*>(k.abs_max),
                              reinterpret_cast<const void*>(k.abs_max_accumulate),
+                             reinterpret_cast<const void*>(k.range_with_zero),
                              reinterpret_cast<const void*>(k.fake_quant_symmetric),
                              reinterpret_cast<const void*>(k.fake_quant_symmetric_backward),
                              reinterpret_cast<const void*>(k.fake_quant_affine),

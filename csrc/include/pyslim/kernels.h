@@ -54,6 +54,9 @@ struct KernelTable {
   float (*abs_max)(const float* x, int64_t n);
   // acc[i] = max(acc[i], |x[i]|) for i < n; a NaN in x or acc makes acc[i] NaN.
   void (*abs_max_accumulate)(const float* x, int64_t n, float* acc);
+  // *lo = min(0, min_i x[i]), *hi = max(0, max_i x[i]) (the range an asymmetric int8 grid must cover); both
+  // NaN if any x[i] is NaN. A zero result may come back as -0.0 or +0.0.
+  void (*range_with_zero)(const float* x, int64_t n, float* lo, float* hi);
 
   // ---- symmetric fake quantization (PaddleSlim form), bin = 2^(bits-1) - 1 ----
   //   m = (float)bin * paddle_inverse(s);  u = min(max(x, -s), s) * m;  q = round(u);  y = (q * s) / (float)bin

@@ -128,6 +128,30 @@ float abs_max(const float* x, int64_t n) {
   return m;
 }
 
+// vminq_f32 / vmaxq_f32 (FMIN / FMAX) return NaN when either input is NaN, so a NaN reaches the result.
+void range_with_zero(const float* x, int64_t n, float* lo_out, float* hi_out) {
+  float32x4_t lo0 = vdupq_n_f32(0.0f), lo1 = lo0, hi0 = lo0, hi1 = lo0;
+  int64_t i = 0;
+  for (; i + 2 * kLanes <= n; i += 2 * kLanes) {
+    const float32x4_t v0 = vld1q_f32(x + i), v1 = vld1q_f32(x + i + kLanes);
+    lo0 = vminq_f32(lo0, v0);
+    lo1 = vminq_f32(lo1, v1);
+    hi0 = vmaxq_f32(hi0, v0);
+    hi1 = vmaxq_f32(hi1, v1);
+  }
+  float lo = vminvq_f32(vminq_f32(lo0, lo1)), hi = vmaxvq_f32(vmaxq_f32(hi0, hi1));
+  bool nan = std::isnan(lo) || std::isnan(hi);
+  for (; i < n; ++i) {
+    const float v = x[i];
+    nan = nan || std::isnan(v);
+    lo = v < lo ? v : lo;
+    hi = v > hi ? v : hi;
+  }
+  if (nan) lo = hi = std::nanf("");
+  *lo_out = lo;
+  *hi_out = hi;
+}
+
 void abs_max_accumulate(const float* x, int64_t n, float* acc) {
   // Select instead of vmaxq_f32 so that acc keeps its own value on ties (-0 stays -0), as the reference's
   // `if (a > acc) acc = a` does.
@@ -866,6 +890,7 @@ void apply_grad_mask(const float* grad, const uint8_t* mask_bits, int64_t bit_of
 void fill_neon_kernels(KernelTable* t) {
   t->abs_max = neon::abs_max;
   t->abs_max_accumulate = neon::abs_max_accumulate;
+  t->range_with_zero = neon::range_with_zero;
   t->fake_quant_symmetric = neon::fake_quant_symmetric;
   t->fake_quant_symmetric_backward = neon::fake_quant_symmetric_backward;
   t->fake_quant_affine = neon::fake_quant_affine;

@@ -24,6 +24,21 @@ float abs_max(const float* x, int64_t n) {
   return m;
 }
 
+void range_with_zero(const float* x, int64_t n, float* lo_out, float* hi_out) {
+  float lo = 0.0f, hi = 0.0f;
+  for (int64_t i = 0; i < n; ++i) {
+    const float v = x[i];
+    if (std::isnan(v)) {
+      *lo_out = *hi_out = std::nanf("");
+      return;
+    }
+    lo = v < lo ? v : lo;
+    hi = v > hi ? v : hi;
+  }
+  *lo_out = lo;
+  *hi_out = hi;
+}
+
 void abs_max_accumulate(const float* x, int64_t n, float* acc) {
   for (int64_t i = 0; i < n; ++i) {
     const float a = std::fabs(x[i]);
@@ -232,6 +247,7 @@ void dequantize(const Q* q, float* y, int64_t n, const float* scale, const int32
 void fill_reference_kernels(KernelTable* t) {
   t->abs_max = reference::abs_max;
   t->abs_max_accumulate = reference::abs_max_accumulate;
+  t->range_with_zero = reference::range_with_zero;
   t->fake_quant_symmetric = reference::fake_quant_symmetric;
   t->fake_quant_symmetric_backward = reference::fake_quant_symmetric_backward;
   t->fake_quant_affine = reference::fake_quant_affine;

@@ -200,6 +200,41 @@ float abs_max(const float* x, int64_t n) {
   return out;
 }
 
+// _mm256_min_ps(v, acc) returns acc when v is NaN, so the accumulators stay numbers and NaN is tracked by
+// an unordered compare; zero padding of the tail changes nothing (0 is in the range anyway).
+void range_with_zero(const float* x, int64_t n, float* lo_out, float* hi_out) {
+  __m256 lo0 = _mm256_setzero_ps(), lo1 = lo0, hi0 = lo0, hi1 = lo0, nan0 = lo0, nan1 = lo0;
+  int64_t i = 0;
+  auto step = [](__m256 v, __m256& lo, __m256& hi, __m256& nan) {
+    lo = _mm256_min_ps(v, lo);
+    hi = _mm256_max_ps(v, hi);
+    nan = _mm256_or_ps(nan, _mm256_cmp_ps(v, v, _CMP_UNORD_Q));
+  };
+  for (; i + 2 * kW <= n; i += 2 * kW) {
+    step(_mm256_loadu_ps(x + i), lo0, hi0, nan0);
+    step(_mm256_loadu_ps(x + i + kW), lo1, hi1, nan1);
+  }
+  for (; i + kW <= n; i += kW) step(_mm256_loadu_ps(x + i), lo0, hi0, nan0);
+  if (i < n) {
+    const Pad<float> t(x + i, n - i, 0.0f);
+    step(_mm256_loadu_ps(t.v), lo1, hi1, nan1);
+  }
+  if (_mm256_movemask_ps(_mm256_or_ps(nan0, nan1)) != 0) {
+    *lo_out = *hi_out = __builtin_nanf("");
+    return;
+  }
+  alignas(32) float l[kW], h[kW];
+  _mm256_store_ps(l, _mm256_min_ps(lo0, lo1));
+  _mm256_store_ps(h, _mm256_max_ps(hi0, hi1));
+  float lo = 0.0f, hi = 0.0f;
+  for (int j = 0; j < kW; ++j) {
+    lo = l[j] < lo ? l[j] : lo;
+    hi = h[j] > hi ? h[j] : hi;
+  }
+  *lo_out = lo;
+  *hi_out = hi;
+}
+
 void abs_max_accumulate(const float* x, int64_t n, float* acc) {
   const __m256 qnan = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fc00000));  // nanf("")
   auto step = [&](const float* xp, float* ap) {
@@ -752,6 +787,7 @@ void dequantize_entry(const Q* q, float* y, int64_t n, const float* scale, const
 void fill_avx2_kernels(KernelTable* t) {
   t->abs_max = avx2::abs_max;
   t->abs_max_accumulate = avx2::abs_max_accumulate;
+  t->range_with_zero = avx2::range_with_zero;
   t->fake_quant_symmetric = avx2::fake_quant_symmetric;
   t->fake_quant_symmetric_backward = avx2::fake_quant_symmetric_backward;
   t->fake_quant_affine = avx2::fake_quant_affine;

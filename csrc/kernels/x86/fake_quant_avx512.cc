@@ -197,6 +197,31 @@ float abs_max(const float* x, int64_t n) {
   return out;
 }
 
+// _mm512_min_ps(v, acc) returns acc when v is NaN, so the accumulators stay numbers and NaN is tracked in a
+// mask; the masked tail loads zeros (0 is in the range anyway).
+void range_with_zero(const float* x, int64_t n, float* lo_out, float* hi_out) {
+  __m512 lo0 = _mm512_setzero_ps(), lo1 = lo0, hi0 = lo0, hi1 = lo0;
+  __mmask16 nan0 = 0, nan1 = 0;
+  int64_t i = 0;
+  auto step = [](__m512 v, __m512& lo, __m512& hi, __mmask16& nan) {
+    lo = _mm512_min_ps(v, lo);
+    hi = _mm512_max_ps(v, hi);
+    nan = static_cast<__mmask16>(nan | _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q));
+  };
+  for (; i + 2 * kW <= n; i += 2 * kW) {
+    step(_mm512_loadu_ps(x + i), lo0, hi0, nan0);
+    step(_mm512_loadu_ps(x + i + kW), lo1, hi1, nan1);
+  }
+  for (; i + kW <= n; i += kW) step(_mm512_loadu_ps(x + i), lo0, hi0, nan0);
+  if (i < n) step(_mm512_maskz_loadu_ps(tail_mask(n - i), x + i), lo1, hi1, nan1);
+  if ((nan0 | nan1) != 0) {
+    *lo_out = *hi_out = __builtin_nanf("");
+    return;
+  }
+  *lo_out = _mm512_reduce_min_ps(_mm512_min_ps(lo0, lo1));
+  *hi_out = _mm512_reduce_max_ps(_mm512_max_ps(hi0, hi1));
+}
+
 void abs_max_accumulate(const float* x, int64_t n, float* acc) {
   const __m512 qnan = _mm512_castsi512_ps(_mm512_set1_epi32(0x7fc00000));  // nanf("")
   vector_loop(n, [&](int64_t i, __mmask16 k, auto tail) {
@@ -594,6 +619,7 @@ void dequantize_entry(const Q* q, float* y, int64_t n, const float* scale, const
 void fill_avx512_kernels(KernelTable* t) {
   t->abs_max = avx512::abs_max;
   t->abs_max_accumulate = avx512::abs_max_accumulate;
+  t->range_with_zero = avx512::range_with_zero;
   t->fake_quant_symmetric = avx512::fake_quant_symmetric;
   t->fake_quant_symmetric_backward = avx512::fake_quant_symmetric_backward;
   t->fake_quant_affine = avx512::fake_quant_affine;
