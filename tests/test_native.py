@@ -47,7 +47,9 @@ def test_pyslim_isa_environment_variable_forces_a_path():
 
 
 def test_pyslim_isa_environment_variable_rejects_a_missing_path():
-    arch_missing = "neon" if "avx2" in pyslim.native_info()["detected_isas"] or True else "avx2"
+    import platform
+
+    arch_missing = "avx2" if platform.machine().lower() in ("aarch64", "arm64") else "neon"
     r = _run("import pyslim", PYSLIM_ISA=arch_missing)
     assert r.returncode != 0
     assert f"PYSLIM_ISA={arch_missing}" in r.stderr and "not" in r.stderr
@@ -67,6 +69,61 @@ def test_threads_follow_torch_unless_set():
     finally:
         torch.set_num_threads(before)
         pyslim.set_num_threads(None)
+
+
+_THREAD_COUNT_SCRIPT = """
+import os, torch, pyslim
+torch.set_num_threads(2)
+x = torch.randn(1 << 20)
+(x * 2).sum()  # a torch parallel region: torch's OpenMP team exists from here on
+before = len(os.listdir("/proc/self/task"))
+y = pyslim.ops.fake_quant_abs_max(x)  # large enough for several tasks on 2 threads
+print(pyslim.native_info()["parallel_backend"], before, len(os.listdir("/proc/self/task")))
+"""
+
+
+@pytest.mark.skipif("parallel backend: OpenMP" not in torch.__config__.parallel_info(),
+                    reason="torch's parallel backend is not OpenMP")
+def test_kernels_run_on_torchs_openmp_threads_by_default():
+    r = _run(_THREAD_COUNT_SCRIPT)
+    assert r.returncode == 0, r.stderr
+    backend, before, after = r.stdout.split()
+    assert backend == "openmp"
+    assert int(after) == int(before), "pyslim started threads of its own beside torch's OpenMP team"
+    r = _run(_THREAD_COUNT_SCRIPT, PYSLIM_PARALLEL_BACKEND="own")
+    assert r.returncode == 0, r.stderr
+    backend, before, after = r.stdout.split()
+    assert backend == "own" and int(after) == int(before) + 1  # the own pool's one helper
+
+
+def test_parallel_backends_give_identical_results():
+    before_threads = torch.get_num_threads()
+    torch.manual_seed(0)
+    x = torch.randn(64, 256, 33)
+    w = torch.nn.Linear(512, 300).eval()
+    a = torch.randn(200, 512)
+    from pyslim.quant import nn as qnn
+
+    q = qnn.Int8Linear.from_float(w)
+    results = {}
+    try:
+        torch.set_num_threads(2)
+        for backend in ("own", "auto"):
+            used = pyslim.set_parallel_backend(backend)
+            results[used] = (pyslim.ops.fake_quant_channel_wise_abs_max(x, axis=1), q(a))
+    finally:
+        pyslim.set_parallel_backend()
+        torch.set_num_threads(before_threads)
+    outs = list(results.values())
+    for got in outs[1:]:
+        assert torch.equal(got[0], outs[0][0]) and torch.equal(got[1], outs[0][1])
+
+
+def test_parallel_backend_errors():
+    with pytest.raises(ValueError, match="name must be 'auto', 'openmp' or 'own'"):
+        pyslim.set_parallel_backend("tbb")
+    r = _run("import pyslim", PYSLIM_PARALLEL_BACKEND="tbb")
+    assert r.returncode != 0 and "PYSLIM_PARALLEL_BACKEND=tbb" in r.stderr
 
 
 def test_cli_info_runs():

@@ -13,6 +13,7 @@
 #include "pyslim/fake_quant.h"
 #include "pyslim/isa.h"
 #include "pyslim/kernels.h"
+#include "pyslim/thread_pool.h"
 #include "tensor_arg.h"
 #if defined(PYSLIM_WITH_CUDA)
 #include "pyslim/cuda_kernels.h"
@@ -492,6 +493,7 @@ py::dict native_info() {
   const int devices = cuda_device_count();
   d["cuda_device_count"] = devices;
   d["cuda_available"] = devices > 0;
+  d["parallel_backend"] = parallel_backend();
   return d;
 }
 
@@ -534,6 +536,11 @@ PYBIND11_MODULE(_C, m) {
     }
   }, py::arg("name"));
   m.def("active_isa", [] { return std::string(isa_name(active_isa())); });
+  m.def("use_openmp_runtime", [](const std::string& path) { return use_openmp_runtime(path.c_str()); },
+        py::arg("library_path"),
+        "Runs the CPU kernels' threads on the OpenMP runtime at library_path if it is already loaded.");
+  m.def("use_own_pool", &use_own_pool, "Runs the CPU kernels' threads on pyslim's own pool.");
+  m.def("parallel_backend", [] { return std::string(parallel_backend()); });
 
   m.def("abs_max", &abs_max, py::arg("x"), py::arg("out"), py::arg("axis"), py::arg("threads"), py::arg("stream"));
   m.def("fake_quant_symmetric", &fake_quant_symmetric_op, py::arg("x"), py::arg("out"), py::arg("scale"),

@@ -1,5 +1,7 @@
 #include "pyslim/thread_pool.h"
 
+#include <dlfcn.h>
+
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
@@ -165,12 +167,54 @@ Pool& pool() {
   return *p;
 }
 
+// GOMP_parallel(fn, data, num_threads, flags): runs fn(data) on a team of num_threads threads, the caller
+// included, and returns after the team's closing barrier.
+using GompParallel = void (*)(void (*)(void*), void*, unsigned, unsigned);
+std::atomic<GompParallel> gomp_parallel{nullptr};
+
+struct OmpCall {
+  const std::function<void(int64_t)>* fn;
+  int64_t num_tasks;
+  std::atomic<int64_t> next{0};
+};
+
+void omp_team_member(void* data) {
+  auto* call = static_cast<OmpCall*>(data);
+  const bool was = in_pool_task;
+  in_pool_task = true;
+  for (int64_t t = call->next.fetch_add(1); t < call->num_tasks; t = call->next.fetch_add(1)) (*call->fn)(t);
+  in_pool_task = was;
+}
+
 }  // namespace
+
+bool use_openmp_runtime(const char* library_path) {
+  if (library_path == nullptr) return false;
+  void* lib = dlopen(library_path, RTLD_LAZY | RTLD_NOLOAD);  // never loads a runtime of our own
+  if (lib == nullptr) return false;
+  auto fn = reinterpret_cast<GompParallel>(dlsym(lib, "GOMP_parallel"));
+  // The handle is kept (not dlclose'd): the runtime must stay loaded while parallel_for may call into it.
+  if (fn == nullptr) {
+    dlclose(lib);
+    return false;
+  }
+  gomp_parallel.store(fn);
+  return true;
+}
+
+void use_own_pool() { gomp_parallel.store(nullptr); }
+
+const char* parallel_backend() { return gomp_parallel.load() != nullptr ? "openmp" : "own"; }
 
 void parallel_for(int64_t num_tasks, int num_threads, const std::function<void(int64_t)>& fn) {
   if (num_tasks <= 0) return;
   if (num_threads <= 1 || num_tasks == 1 || in_pool_task) {
     for (int64_t t = 0; t < num_tasks; ++t) fn(t);
+    return;
+  }
+  if (const GompParallel omp = gomp_parallel.load()) {
+    OmpCall call{&fn, num_tasks};
+    omp(omp_team_member, &call, static_cast<unsigned>(std::min<int64_t>(num_tasks, num_threads)), 0);
     return;
   }
   pool().run(num_tasks, num_threads, fn);
