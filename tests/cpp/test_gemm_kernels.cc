@@ -16,6 +16,7 @@
 #include <sstream>
 #include <string>
 #include <thread>
+#include <utility>
 #include <vector>
 
 #include "pyslim/isa.h"
@@ -204,6 +205,50 @@ TEST(GemmKernels, ColumnSubRangesOnStepBoundaries) {
             expect_same(run_gemm(t, g, b, end), expected_gemm(g, b, end), g.ldc);
             if (end == N) break;
           }
+        }
+      }
+    }
+  }
+}
+
+// conv_implicit_s32 (where a path has it): the rows it gathers from segments are built explicitly into a plain
+// A matrix, whose reference GEMM is the expected result; column sub-ranges on step boundaries included.
+TEST(GemmKernels, ImplicitConvolutionMatchesGatheredGemm) {
+  struct Case {
+    int64_t pixel_stride, segment_stride, segments, seg_len, M, N;
+  };
+  const Case cases[] = {
+      {64, 58 * 64, 3, 192, 131, 64},     // a 3x3 over 64 channels on a 58-pixel-wide padded image
+      {8, 13 * 8 * 2, 3, 40, 50, 70},     // dilation 2 rows, KW = 5, two column panels
+      {4, 9 * 4, 2, 8, 7, 3},             // tiny: one partial row tile, N < one panel
+      {256, 10 * 256, 3, 768, 20, 40},    // kernel rows longer than one K block (chunked)
+      {12, 11 * 12, 1, 36, 45, 130},      // a single segment
+  };
+  for (Isa isa : usable_isas()) {
+    const KernelTable& t = *kernel_table(isa);
+    if (t.conv_implicit_s32 == nullptr) continue;
+    for (const Case& c : cases) {
+      for (bool sg : {false, true}) {
+        const int64_t K = c.segments * c.seg_len;
+        const int64_t span = (c.M - 1) * c.pixel_stride + (c.segments - 1) * c.segment_stride + c.seg_len;
+        GemmCase g(c.M, c.N, K, sg, static_cast<uint32_t>(K + c.M), Fill::kRandom, Fill::kRandom, 0, 3);
+        std::vector<uint8_t> X(static_cast<size_t>(span));
+        std::mt19937 rng(static_cast<uint32_t>(span));
+        for (auto& v : X) v = static_cast<uint8_t>(rng());
+        for (int64_t m = 0; m < c.M; ++m)
+          for (int64_t sgm = 0; sgm < c.segments; ++sgm)
+            for (int64_t i = 0; i < c.seg_len; ++i)
+              g.A[m * g.lda + sgm * c.seg_len + i] = X[m * c.pixel_stride + sgm * c.segment_stride + i];
+        const int64_t step = t.gemm_n_step;
+        for (auto [n0, n1] : {std::pair<int64_t, int64_t>{0, c.N}, {step < c.N ? step : 0, c.N}}) {
+          SCOPED_TRACE(gemm_trace(isa, c.M, c.N, K, sg, step, "implicit conv") + " cols " + std::to_string(n0) +
+                       ".." + std::to_string(n1));
+          Aligned packed(t.gemm_packed_size(c.N, K));
+          t.gemm_pack(g.W.data(), c.N, K, packed.p);
+          std::vector<int32_t> C(c.M * g.ldc, kSentinel);
+          t.conv_implicit_s32(X.data(), sg, c.pixel_stride, c.segment_stride, c.segments, c.seg_len, packed.p, c.M,
+                              c.N, n0, n1, C.data(), g.ldc);
+          expect_same(C, expected_gemm(g, n0, n1), g.ldc);
         }
       }
     }

@@ -133,6 +133,13 @@ LARGE_CONVS = [
     (64, 64, (3, 3), (1, 1), (1, 1), (1, 1), 1, 20, 19),     # K = 576: one K block, A read in place
     (6, 10, (3, 3), (2, 1), (1, 1), (1, 2), 2, 25, 23),      # grouped, dilated along W
     (24, 24, (3, 3), (1, 1), (1, 1), (1, 1), 24, 30, 17),    # depthwise, several row tasks
+    # Stride-1 single-group convolutions with KW * C % 4 == 0 take the implicit-GEMM path where a path has one
+    # (avx512vnni): dilated rows, an even and a one-row kernel, more than one 64-column panel, no padding,
+    # and kernel rows too long for one K block (256 * 3 bytes), which are split into chunks.
+    (8, 70, (3, 5), (1, 1), (0, 2), (2, 1), 1, 13, 11),
+    (4, 8, (2, 2), (1, 1), (0, 0), (1, 1), 1, 7, 6),
+    (12, 130, (1, 3), (1, 1), (0, 1), (1, 1), 1, 5, 9),
+    (256, 40, (3, 3), (1, 1), (1, 1), (1, 1), 1, 9, 8),
 ]
 
 

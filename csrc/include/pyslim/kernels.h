@@ -142,6 +142,16 @@ struct KernelTable {
   void (*gemm_pack)(const int8_t* W, int64_t N, int64_t K, void* packed);
   void (*gemm_s32)(const void* A, bool a_signed, int64_t lda, const void* packed, int64_t M, int64_t N, int64_t K,
                    int64_t n_begin, int64_t n_end, int32_t* C, int64_t ldc);
+  // Implicit-GEMM convolution (optional: null on paths without one; the driver then uses im2col + gemm_s32).
+  // The same product as gemm_s32, with K = segments * seg_len and row m of A gathered from `segments` runs:
+  //   A[m][s * seg_len + t] = X[m * pixel_stride + s * segment_stride + t]    (bytes; t < seg_len)
+  // For a stride-1 convolution with dilation_w 1 and one group over a padded NHWC image, m indexes the output
+  // pixels on a grid as wide as the padded input, pixel_stride = C, segment s is kernel row s (seg_len =
+  // KW * C bytes, segment_stride = dilation_h * padded width * C), and W is the flattened (kh, kw, c) weight
+  // packed by gemm_pack with K = KH * KW * C — so no im2col copy is made. seg_len % 4 == 0.
+  void (*conv_implicit_s32)(const void* X, bool x_signed, int64_t pixel_stride, int64_t segment_stride,
+                            int64_t segments, int64_t seg_len, const void* packed, int64_t M, int64_t N,
+                            int64_t n_begin, int64_t n_end, int32_t* C, int64_t ldc);
 
   // ---- depthwise 2-D convolution, NHWC, exact int32 accumulation ----
   //   out[b][oh][ow][c] = sum_{i<KH, j<KW} x[b][oh*sh - ph + i*dh][ow*sw - pw + j*dw][c] * w[i][j][c]

@@ -121,11 +121,14 @@ inline __m512i dpbusd(__m512i acc, __m512i a_u8, __m512i w_s8) {
 #define PYSLIM_VNNI_ROWS(X) X(0) X(1) X(2) X(3) X(4) X(5)
 // A is read as 32-bit words at a + r * row_stride + g * group_stride (bytes): the packed block (4, 4 * kMR)
 // or the caller's matrix itself (lda, 4). kFlip: xor each broadcast word with 0x80808080 (int8 A read in
-// place; the packed block is flipped already).
+// place; the packed block is flipped already). The kg groups are taken from nseg segments of kg / nseg groups
+// each, segment s starting at a_base + s * seg_stride (the implicit convolution's kernel rows; 1 for a GEMM);
+// W runs on continuously.
 template <int R, bool kFlip>
 __attribute__((noinline)) void micro_kernel(const uint8_t* a_base, int64_t row_stride, int64_t group_stride,
                                             const int8_t* wp, int64_t kg, int32_t* C, int64_t ldc,
-                                            const int32_t* bias, bool first, int64_t cols) {
+                                            const int32_t* bias, bool first, int64_t cols, int64_t nseg = 1,
+                                            int64_t seg_stride = 0) {
   static_assert(R >= 1 && R <= kMR, "row count");
   __mmask16 m0, m1, m2, m3;
   {
@@ -168,13 +171,15 @@ __attribute__((noinline)) void micro_kernel(const uint8_t* a_base, int64_t row_s
   }
   const __m512i flip = _mm512_set1_epi32(static_cast<int>(0x80808080u));
   (void)flip;
-  for (int64_t g = 0; g < kg; ++g) {
-    const int8_t* w = wp + g * kNR * 4;
+  const int64_t seg_groups = kg / nseg;
+  for (int64_t s = 0; s < nseg; ++s)
+  for (int64_t g = 0; g < seg_groups; ++g) {
+    const int8_t* w = wp + (s * seg_groups + g) * kNR * 4;
     const __m512i w0 = _mm512_load_si512(w);
     const __m512i w1 = _mm512_load_si512(w + 64);
     const __m512i w2 = _mm512_load_si512(w + 128);
     const __m512i w3 = _mm512_load_si512(w + 192);
-    const uint8_t* a = a_base + g * group_stride;
+    const uint8_t* a = a_base + s * seg_stride + g * group_stride;
 #define PYSLIM_STEP(r)                                                   \
   if constexpr (R > r) {                                                 \
     int32_t word;                                                        \
@@ -265,6 +270,65 @@ void gemm(const uint8_t* A, int64_t lda, const void* packed, int64_t M, int64_t 
         }
       }
     }
+  }
+}
+
+// Implicit-GEMM convolution (kernels.h conv_implicit_s32): the direct-read GEMM above with A row m gathered
+// from `segments` runs of seg_len bytes. Rows are pixel_stride bytes apart and consecutive rows overlap, so six
+// rows of a tile share cache lines (no L1 set aliasing, unlike long GEMM rows) and no copy is needed. K blocks
+// follow the GEMM's rule (at most kKCgMax groups of W per N panel, so the sub-panel stays in L1): whole
+// segments when one fits, else equal chunks of one segment.
+template <bool kSigned>
+void conv_implicit(const uint8_t* X, int64_t pixel_stride, int64_t segment_stride, int64_t segments,
+                   int64_t seg_len, const void* packed, int64_t M, int64_t N, int64_t n_begin, int64_t n_end,
+                   int32_t* C, int64_t ldc) {
+  const int64_t np = round_up(N, kNR), k4 = segments * seg_len / 4, seg_g = seg_len / 4;
+  const int32_t* bias = kSigned ? static_cast<const int32_t*>(packed) : nullptr;
+  const int8_t* panels = static_cast<const int8_t*>(packed) + np * 4;
+  // A block: (first segment, segment count, first group inside the segment, groups per segment).
+  const int64_t per_block = seg_g <= kKCgMax ? (kKCgMax / seg_g > 0 ? kKCgMax / seg_g : 1) : 1;
+  const int64_t chunks = seg_g <= kKCgMax ? 1 : (seg_g + kKCg - 1) / kKCg;
+  const int64_t chunk_g = (seg_g + chunks - 1) / chunks;
+  for (int64_t m0 = 0; m0 < M; m0 += kMC) {
+    const int64_t mc = min64(kMC, M - m0);
+    bool first = true;
+    for (int64_t s0 = 0; s0 < segments; s0 += per_block) {
+      const int64_t ns = min64(per_block, segments - s0);
+      for (int64_t c0 = 0; c0 < seg_g; c0 += chunk_g) {
+        const int64_t cg = chunks == 1 ? seg_g : min64(chunk_g, seg_g - c0);
+        for (int64_t n0 = n_begin; n0 < n_end; n0 += kNR) {
+          const int64_t cols = min64(kNR, n_end - n0);
+          const int8_t* wp = panels + ((n0 / kNR) * k4 + s0 * seg_g + c0) * kNR * 4;
+          const int32_t* b = bias ? bias + n0 : nullptr;
+          for (int64_t r0 = 0; r0 < mc; r0 += kMR) {
+            int32_t* c = C + (m0 + r0) * ldc + n0;
+            const uint8_t* at = X + (m0 + r0) * pixel_stride + s0 * segment_stride + c0 * 4;
+            const int64_t kg = ns * cg;
+            switch (min64(kMR, mc - r0)) {
+              case 1: micro_kernel<1, kSigned>(at, pixel_stride, 4, wp, kg, c, ldc, b, first, cols, ns, segment_stride); break;
+              case 2: micro_kernel<2, kSigned>(at, pixel_stride, 4, wp, kg, c, ldc, b, first, cols, ns, segment_stride); break;
+              case 3: micro_kernel<3, kSigned>(at, pixel_stride, 4, wp, kg, c, ldc, b, first, cols, ns, segment_stride); break;
+              case 4: micro_kernel<4, kSigned>(at, pixel_stride, 4, wp, kg, c, ldc, b, first, cols, ns, segment_stride); break;
+              case 5: micro_kernel<5, kSigned>(at, pixel_stride, 4, wp, kg, c, ldc, b, first, cols, ns, segment_stride); break;
+              default: micro_kernel<6, kSigned>(at, pixel_stride, 4, wp, kg, c, ldc, b, first, cols, ns, segment_stride); break;
+            }
+          }
+        }
+        first = false;
+      }
+    }
+  }
+}
+
+void conv_implicit_s32(const void* X, bool x_signed, int64_t pixel_stride, int64_t segment_stride, int64_t segments,
+                       int64_t seg_len, const void* packed, int64_t M, int64_t N, int64_t n_begin, int64_t n_end,
+                       int32_t* C, int64_t ldc) {
+  if (M <= 0 || segments <= 0 || seg_len <= 0 || n_end <= n_begin) return;
+  const auto* x = static_cast<const uint8_t*>(X);
+  if (x_signed) {
+    conv_implicit<true>(x, pixel_stride, segment_stride, segments, seg_len, packed, M, N, n_begin, n_end, C, ldc);
+  } else {
+    conv_implicit<false>(x, pixel_stride, segment_stride, segments, seg_len, packed, M, N, n_begin, n_end, C, ldc);
   }
 }
 
@@ -534,6 +598,7 @@ void fill_avx512vnni_gemm(KernelTable* t) {
   t->gemm_packed_size = vnni::gemm_packed_size;
   t->gemm_pack = vnni::gemm_pack;
   t->gemm_s32 = vnni::gemm_s32;
+  t->conv_implicit_s32 = vnni::conv_implicit_s32;
   t->depthwise_conv_s32 = vnni::depthwise_conv_s32;
 }
 
