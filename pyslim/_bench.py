@@ -43,6 +43,30 @@ def _median_time(fn: Callable[[], object], repeats: int, min_time: float = 0.2) 
     return statistics.median(times)
 
 
+def _interleaved_medians(fns: Dict[str, Callable[[], object]], repeats: int, burst: int = 5,
+                         min_time: float = 0.2) -> Dict[str, float]:
+    """Median time of each function, measured in interleaved rounds: every round runs each function `burst`
+    times back to back (so caches and threads are warm for all but the first call) and records each call.
+
+    Timing one function's runs, then the next one's, lets a transient slowdown of this shared 2-core VM (a
+    neighbour, the host, another thread pool still spinning) fall on one side of a comparison only; in rounds,
+    it falls on every side alike.
+    """
+    for fn in fns.values():
+        fn()  # warm-up (allocations, first touch, packing)
+    times: Dict[str, List[float]] = {name: [] for name in fns}
+    start = time.perf_counter()
+    rounds = 0
+    while rounds < repeats or (time.perf_counter() - start < min_time * len(fns) and rounds < 100):
+        for name, fn in fns.items():
+            for _ in range(burst):
+                t0 = time.perf_counter()
+                fn()
+                times[name].append(time.perf_counter() - t0)
+        rounds += 1
+    return {name: statistics.median(v) for name, v in times.items()}
+
+
 def _pact_torch(x: torch.Tensor, alpha: torch.Tensor, bits: int = 8) -> torch.Tensor:
     """PACT as a user writes it in PyTorch: PaddleSlim's relu form, then round with straight-through."""
     y = x - F.relu(x - alpha) + F.relu(-alpha - x)
@@ -148,6 +172,12 @@ CONV_CASES = {
 TORCH_AO_ENGINES = ("fbgemm", "x86", "onednn")
 
 
+def _on_engine(engine: str, fn, x):
+    """Runs a torch.ao module with its engine selected (the engines' modules are timed in interleaved rounds)."""
+    torch.backends.quantized.engine = engine
+    return fn(x)
+
+
 def _torch_ao_dynamic_linear(linear, engine):
     import torch.ao.nn.quantized.dynamic as nnqd
 
@@ -201,26 +231,30 @@ def run_int8_benchmarks(threads_list: List[int], repeats: int) -> List[dict]:
                 x = torch.randn(m, k)
                 ops_count = 2 * m * n * k
                 ours = qnn.Int8Linear.from_float(lin)
-                t_ours = _median_time(lambda: ours(x), repeats)
-                base = {"fp32 F.linear": _median_time(lambda: torch.nn.functional.linear(x, lin.weight, lin.bias),
-                                                      repeats)}
+                fns = {"ours": lambda: ours(x),
+                       "fp32 F.linear": lambda: torch.nn.functional.linear(x, lin.weight, lin.bias)}
                 for eng in TORCH_AO_ENGINES:
                     try:
                         q = _torch_ao_dynamic_linear(lin, eng)
-                        base[f"torch.ao dynamic Linear [{eng}]"] = _median_time(lambda: q(x), repeats)
+                        q(x)
+                        fns[f"torch.ao dynamic Linear [{eng}]"] = (lambda q, eng: lambda: _on_engine(eng, q, x))(q, eng)
                     except Exception as exc:  # an engine missing from this torch build
-                        base[f"torch.ao dynamic Linear [{eng}]"] = float("nan")
                         logger.info("torch.ao engine %s failed: %s", eng, exc)
                 # raw int8 x int8 -> int32 against torch._int_mm
                 a8 = torch.randint(-128, 128, (m, k), dtype=torch.int8)
-                w8 = ours.weight_int8
-                w8t = w8.t().contiguous()
+                w8t = ours.weight_int8.t().contiguous()
                 ours._ensure_packed()
-                t_raw = _median_time(lambda: ops.gemm_int8(a8, ours._packed, n), repeats)
+                fns["raw"] = lambda: ops.gemm_int8(a8, ours._packed, n)
                 try:
-                    t_int_mm = _median_time(lambda: torch._int_mm(a8, w8t), repeats)
+                    torch._int_mm(a8, w8t)
+                    fns["torch._int_mm"] = lambda: torch._int_mm(a8, w8t)
                 except RuntimeError:
-                    t_int_mm = float("nan")
+                    pass
+                med = _interleaved_medians(fns, repeats)
+                t_ours, t_raw = med.pop("ours"), med.pop("raw")
+                t_int_mm = med.pop("torch._int_mm", float("nan"))
+                base = {name: med.get(name, float("nan")) for name in
+                        ["fp32 F.linear"] + [f"torch.ao dynamic Linear [{eng}]" for eng in TORCH_AO_ENGINES]}
                 for name, t in base.items():
                     rows.append(_int8_row(threads, f"linear M={m} N={n} K={k}", "Int8Linear (dynamic)", name,
                                           t_ours, t, ops_count))
@@ -233,15 +267,20 @@ def run_int8_benchmarks(threads_list: List[int], repeats: int) -> List[dict]:
                 ops_count = 2 * c["batch"] * c["hw"] * c["hw"] * c["cout"] * (c["cin"] // c["groups"]) * c["k"] ** 2
                 x_scale, x_zp = float(x.abs().max()) / 127, 128
                 ours = qnn.Int8Conv2d.from_float(conv, activation=(x_scale, 0))
-                t_ours = _median_time(lambda: ours(x), repeats)
-                base = {"fp32 F.conv2d channels_last": _median_time(lambda: conv_cl(x), repeats)}
+                fns = {"ours": lambda: ours(x), "fp32 F.conv2d channels_last": lambda: conv_cl(x)}
                 for eng in TORCH_AO_ENGINES:
                     try:
                         run = _torch_ao_conv(conv, eng, x_scale, x_zp)
-                        base[f"torch.ao quantized Conv2d [{eng}]"] = _median_time(lambda: run(x), repeats)
+                        run(x)
+                        fns[f"torch.ao quantized Conv2d [{eng}]"] = (lambda run, eng: lambda: _on_engine(eng, run, x))(
+                            run, eng)
                     except Exception as exc:
-                        base[f"torch.ao quantized Conv2d [{eng}]"] = float("nan")
                         logger.info("torch.ao engine %s failed: %s", eng, exc)
+                med = _interleaved_medians(fns, repeats)
+                t_ours = med.pop("ours")
+                base = {name: med.get(name, float("nan")) for name in
+                        ["fp32 F.conv2d channels_last"] + [f"torch.ao quantized Conv2d [{eng}]"
+                                                           for eng in TORCH_AO_ENGINES]}
                 for bname, t in base.items():
                     rows.append(_int8_row(threads, name, "Int8Conv2d (static act.)", bname, t_ours, t, ops_count))
     finally:
