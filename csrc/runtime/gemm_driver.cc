@@ -52,88 +52,6 @@ inline void copy_run(uint8_t* dst, const uint8_t* src, int64_t n) {
 }
 inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
-// relu(y) = y < 0 ? 0 : y (NaN passes through, as torch.relu), relu6 = min(relu(y), 6); the CUDA epilogue
-// uses the same forms.
-template <Activation act>
-inline float activate(float y) {
-  if (act == Activation::kNone) return y;
-  y = y < 0.0f ? 0.0f : y;
-  if (act == Activation::kRelu6) y = 6.0f < y ? 6.0f : y;
-  return y;
-}
-
-template <GemmEpilogue::Kind kind, Activation act>
-inline void store(float y, const GemmEpilogue& e, float lo, float hi, float out_zp, void* out, int64_t index) {
-  y = activate<act>(y);
-  if (kind == GemmEpilogue::kFloat32) {
-    static_cast<float*>(out)[index] = y;
-    return;
-  }
-  float q = std::nearbyint(y / e.out_scale) + out_zp;
-  q = std::isnan(q) ? out_zp : std::fmin(std::fmax(q, lo), hi);
-  if (e.out_signed) {
-    static_cast<int8_t*>(out)[index] = static_cast<int8_t>(static_cast<int32_t>(q));
-  } else {
-    static_cast<uint8_t*>(out)[index] = static_cast<uint8_t>(static_cast<int32_t>(q));
-  }
-}
-
-// The inner loops are branch-free per element so that the compiler vectorises them at the baseline ISA.
-template <GemmEpilogue::Kind kind, Activation act>
-void epilogue_rows(const int32_t* acc, int64_t ldacc, int64_t rows, int64_t row0, int64_t n_begin, int64_t n_end,
-                   const GemmEpilogue& e, void* out, int64_t ldo) {
-  const float lo = e.out_signed ? -128.0f : 0.0f, hi = e.out_signed ? 127.0f : 255.0f;
-  const float out_zp = static_cast<float>(e.out_zero_point);
-  const bool wide = e.k > 32768;
-  const float* ws = e.weight_scale;
-  const int32_t* cs = e.col_sums;
-  for (int64_t r = 0; r < rows; ++r) {
-    const int64_t m = row0 + r;
-    const int32_t* a = acc + r * ldacc;
-    const float scale = e.row_scales ? e.row_scales[m] : e.act_scale;
-    const int32_t zp = e.row_zero_points ? e.row_zero_points[m] : e.act_zero_point;
-    float* f_out = static_cast<float*>(out) + m * ldo;
-    if (kind == GemmEpilogue::kFloat32 && zp == 0) {
-      if (e.bias) {
-        for (int64_t n = n_begin; n < n_end; ++n)
-          f_out[n] = activate<act>(static_cast<float>(a[n]) * (scale * ws[n]) + e.bias[n]);
-      } else {
-        for (int64_t n = n_begin; n < n_end; ++n) f_out[n] = activate<act>(static_cast<float>(a[n]) * (scale * ws[n]));
-      }
-      continue;
-    }
-    if (kind == GemmEpilogue::kFloat32 && !wide) {
-      if (e.bias) {
-        for (int64_t n = n_begin; n < n_end; ++n)
-          f_out[n] = activate<act>(static_cast<float>(a[n] - zp * cs[n]) * (scale * ws[n]) + e.bias[n]);
-      } else {
-        for (int64_t n = n_begin; n < n_end; ++n)
-          f_out[n] = activate<act>(static_cast<float>(a[n] - zp * cs[n]) * (scale * ws[n]));
-      }
-      continue;
-    }
-    for (int64_t n = n_begin; n < n_end; ++n) {
-      const int64_t centered = static_cast<int64_t>(a[n]) - (zp != 0 ? static_cast<int64_t>(zp) * cs[n] : 0);
-      float y = static_cast<float>(centered) * (scale * ws[n]);
-      if (e.bias) y = y + e.bias[n];
-      store<kind, act>(y, e, lo, hi, out_zp, out, m * ldo + n);
-    }
-  }
-}
-
-template <GemmEpilogue::Kind kind>
-void epilogue_kind(const int32_t* acc, int64_t ldacc, int64_t rows, int64_t row0, int64_t n_begin, int64_t n_end,
-                   const GemmEpilogue& e, void* out, int64_t ldo) {
-  switch (e.activation) {
-    case Activation::kRelu:
-      return epilogue_rows<kind, Activation::kRelu>(acc, ldacc, rows, row0, n_begin, n_end, e, out, ldo);
-    case Activation::kRelu6:
-      return epilogue_rows<kind, Activation::kRelu6>(acc, ldacc, rows, row0, n_begin, n_end, e, out, ldo);
-    default:
-      return epilogue_rows<kind, Activation::kNone>(acc, ldacc, rows, row0, n_begin, n_end, e, out, ldo);
-  }
-}
-
 // An uninitialised int32 block of rows x (n_end - n_begin) in the thread's scratch, addressed by absolute
 // column.
 struct AccBlock {
@@ -157,24 +75,6 @@ size_t output_element_size(const GemmEpilogue& e) {
   return e.kind == GemmEpilogue::kQuantized ? 1 : 4;
 }
 
-}  // namespace
-
-void apply_gemm_epilogue(const int32_t* acc, int64_t ldacc, int64_t rows, int64_t row0, int64_t n_begin,
-                         int64_t n_end, const GemmEpilogue& e, void* out, int64_t ldo) {
-  switch (e.kind) {
-    case GemmEpilogue::kInt32:
-      for (int64_t r = 0; r < rows; ++r)
-        std::memcpy(static_cast<int32_t*>(out) + (row0 + r) * ldo + n_begin, acc + r * ldacc + n_begin,
-                    static_cast<size_t>(n_end - n_begin) * sizeof(int32_t));
-      return;
-    case GemmEpilogue::kFloat32:
-      return epilogue_kind<GemmEpilogue::kFloat32>(acc, ldacc, rows, row0, n_begin, n_end, e, out, ldo);
-    case GemmEpilogue::kQuantized:
-      return epilogue_kind<GemmEpilogue::kQuantized>(acc, ldacc, rows, row0, n_begin, n_end, e, out, ldo);
-  }
-}
-
-namespace {
 
 // Task grid of a GEMM: rows_per_task x cols_per_task blocks, in task order row-block-major.
 struct GemmGrid {
@@ -236,7 +136,7 @@ void gemm_tasks(const KernelTable& k, const void* A, bool a_signed, int64_t lda,
     }
     AccBlock acc(rows, n0, n1);
     k.gemm_s32(a, a_signed, lda, packed, rows, N, K, n0, n1, acc.base, acc.ld);
-    apply_gemm_epilogue(acc.base, acc.ld, rows, m0, n0, n1, ek, out, ldo);
+    k.gemm_epilogue(acc.base, acc.ld, rows, m0, n0, n1, ek, out, ldo);
   });
 }
 
@@ -385,7 +285,7 @@ void conv2d_implicit(const KernelTable& k, const uint8_t* x, bool x_signed, uint
         continue;
       }
       const int64_t run = std::min(s.out_w - ow, v0 + rows - v);
-      apply_gemm_epilogue(acc.base + (v - v0) * acc.ld, acc.ld, run, b * out_image + oh * s.out_w + ow, 0, N, ek,
+      k.gemm_epilogue(acc.base + (v - v0) * acc.ld, acc.ld, run, b * out_image + oh * s.out_w + ow, 0, N, ek,
                           out, N);
       v += run;
     }
@@ -460,7 +360,7 @@ void conv2d_nhwc(const KernelTable& k, const void* x, bool x_signed, int32_t pad
     k.gemm_s32(a, x_signed, kg, wb + g * group_stride, rows, cout_g, kg, 0, cout_g, acc.base, acc.ld);
     GemmEpilogue eg = offset_epilogue(e, g * cout_g);
     eg.k = kg;
-    apply_gemm_epilogue(acc.base, acc.ld, rows, p0, 0, cout_g, eg,
+    k.gemm_epilogue(acc.base, acc.ld, rows, p0, 0, cout_g, eg,
                         static_cast<uint8_t*>(out) + static_cast<size_t>(g * cout_g) * out_elem, s.out_c);
   });
 }
@@ -481,7 +381,7 @@ void depthwise_conv2d_nhwc(const KernelTable& k, const void* x, bool x_signed, i
     k.depthwise_conv_s32(x, x_signed, pad_value, w, base, d, r0, r1);
     GemmEpilogue ek = e;
     ek.k = s.kernel_h * s.kernel_w;
-    apply_gemm_epilogue(acc, s.out_c, (r1 - r0) * s.out_w, r0 * s.out_w, 0, s.out_c, ek, out, s.out_c);
+    k.gemm_epilogue(acc, s.out_c, (r1 - r0) * s.out_w, r0 * s.out_w, 0, s.out_c, ek, out, s.out_c);
   });
 }
 

@@ -211,6 +211,69 @@ TEST(GemmKernels, ColumnSubRangesOnStepBoundaries) {
   }
 }
 
+// gemm_epilogue: every path's copy (the same source compiled with its flags) bit-identical to the reference,
+// for each output kind, activation, per-row / per-tensor parameters, zero points, bias, a wide K (int64
+// correction) and column ranges with vector tails; values include NaN-producing scales and saturation.
+TEST(GemmKernels, EpilogueIsBitIdenticalAcrossPaths) {
+  const int64_t rows = 5, ld = 77;
+  std::mt19937 rng(5);
+  std::uniform_int_distribution<int32_t> acc_d(-2000000, 2000000);
+  std::uniform_real_distribution<float> f_d(-1.0f, 1.0f);
+  std::vector<int32_t> acc(rows * ld), col_sums(ld);
+  std::vector<float> ws(ld), bias(ld), row_scales(rows + 2);  // rows 2 .. rows + 1 are used (row0 = 2)
+  std::vector<int32_t> row_zps(rows + 2);
+  for (auto& v : acc) v = acc_d(rng);
+  acc[3] = 2147483647;
+  acc[4] = -2147483647 - 1;
+  for (int64_t n = 0; n < ld; ++n) {
+    col_sums[n] = acc_d(rng) / 100;
+    ws[n] = 1e-4f * (1.5f + f_d(rng));
+    bias[n] = 3.0f * f_d(rng);
+  }
+  ws[7] = 0.0f;
+  for (int64_t r = 0; r < rows + 2; ++r) {
+    row_scales[r] = 0.01f * (1.2f + f_d(rng));
+    row_zps[r] = static_cast<int32_t>(r * 37 % 256) - 128;
+  }
+  row_scales[3] = std::nanf("");
+  const GemmEpilogue::Kind kinds[] = {GemmEpilogue::kInt32, GemmEpilogue::kFloat32, GemmEpilogue::kQuantized};
+  const Activation acts[] = {Activation::kNone, Activation::kRelu, Activation::kRelu6};
+  for (Isa isa : usable_isas()) {
+    const KernelTable& t = *kernel_table(isa);
+    for (auto kind : kinds)
+      for (auto act : acts)
+        for (int variant = 0; variant < 8; ++variant) {
+          GemmEpilogue e;
+          e.kind = kind;
+          e.activation = act;
+          e.weight_scale = ws.data();
+          e.col_sums = col_sums.data();
+          e.bias = (variant & 1) ? bias.data() : nullptr;
+          if (variant & 2) {
+            e.row_scales = row_scales.data();
+            e.row_zero_points = row_zps.data();
+          } else {
+            e.act_scale = 0.02f;
+            e.act_zero_point = (variant & 4) ? -7 : 0;
+          }
+          e.k = (variant & 4) ? 40000 : 576;
+          e.out_scale = 0.05f;
+          e.out_zero_point = (variant & 1) ? 3 : -2;
+          e.out_signed = (variant & 2) == 0;
+          for (auto [n0, n1] : {std::pair<int64_t, int64_t>{0, ld}, {5, 70}, {64, 77}}) {
+            SCOPED_TRACE(std::string("isa=") + isa_name(isa) + " kind=" + std::to_string(kind) + " act=" +
+                         std::to_string(static_cast<int>(act)) + " variant=" + std::to_string(variant) + " cols " +
+                         std::to_string(n0) + ".." + std::to_string(n1));
+            const size_t esize = kind == GemmEpilogue::kQuantized ? 1 : 4;
+            std::vector<uint8_t> want(static_cast<size_t>((rows + 2) * ld) * esize, 0xab), got = want;
+            ref().gemm_epilogue(acc.data(), ld, rows, 2, n0, n1, e, want.data(), ld);
+            t.gemm_epilogue(acc.data(), ld, rows, 2, n0, n1, e, got.data(), ld);
+            ASSERT_EQ(0, std::memcmp(want.data(), got.data(), want.size()));
+          }
+        }
+  }
+}
+
 // conv_implicit_s32 (where a path has it): the rows it gathers from segments are built explicitly into a plain
 // A matrix, whose reference GEMM is the expected result; column sub-ranges on step boundaries included.
 TEST(GemmKernels, ImplicitConvolutionMatchesGatheredGemm) {

@@ -9,39 +9,6 @@
 
 namespace pyslim {
 
-enum class Activation : int { kNone = 0, kRelu = 1, kRelu6 = 2 };
-
-// What becomes of the int32 accumulator acc[m][n] = sum_k a[m][k] * w[n][k].
-//   kInt32:     out = acc
-//   kFloat32:   y = act(float(acc - zp_m * col_sums[n]) * (scale_m * weight_scale[n]) + bias[n])
-//   kQuantized: y as above, then out = saturate(nearbyint(y / out_scale) + out_zero_point) as int8 / uint8
-// (zp_m, scale_m) are the activation zero point and scale: per row when row_scales is given (the dynamic
-// path), else act_zero_point / act_scale for the whole tensor. Weights are symmetric (zero point 0).
-struct GemmEpilogue {
-  enum Kind : int { kInt32 = 0, kFloat32 = 1, kQuantized = 2 };
-  Kind kind = kInt32;
-  float act_scale = 1.0f;
-  int32_t act_zero_point = 0;
-  const float* row_scales = nullptr;
-  const int32_t* row_zero_points = nullptr;
-  const float* weight_scale = nullptr;  // [N]
-  const int32_t* col_sums = nullptr;    // [N]; required when a zero point can be nonzero
-  const float* bias = nullptr;          // [N] or null
-  Activation activation = Activation::kNone;
-  float out_scale = 1.0f;
-  int32_t out_zero_point = 0;
-  bool out_signed = true;
-  // Reduction length of the accumulators (set by the drivers): above 32768 the zero-point correction
-  // acc - zp * col_sums can leave the int32 range and is computed in int64.
-  int64_t k = 0;
-};
-
-// Applies the epilogue to rows [0, rows) x columns [n_begin, n_end) of an accumulator block whose row r is
-// matrix row `row0 + r`. `out` points at element (0, 0) of the output matrix block row0 (row stride ldo),
-// typed by e.kind (int32, float, int8 / uint8).
-void apply_gemm_epilogue(const int32_t* acc, int64_t ldacc, int64_t rows, int64_t row0, int64_t n_begin,
-                         int64_t n_end, const GemmEpilogue& e, void* out, int64_t ldo);
-
 // out (M x N, row stride ldo) = epilogue(A (M x K, lda; int8 or uint8) * W^T) with W packed by k.gemm_pack.
 void gemm(const KernelTable& k, const void* A, bool a_signed, int64_t lda, const void* packed, int64_t M,
           int64_t N, int64_t K, const GemmEpilogue& e, void* out, int64_t ldo, int threads);

@@ -48,6 +48,33 @@ struct DepthwiseShape {
 // files must have internal linkage.
 static inline float paddle_inverse(float s) { return s <= 1e-30f ? 1.0f / (s + 1e-6f) : 1.0f / s; }
 
+enum class Activation : int { kNone = 0, kRelu = 1, kRelu6 = 2 };
+
+// What becomes of the int32 accumulator acc[m][n] = sum_k a[m][k] * w[n][k].
+//   kInt32:     out = acc
+//   kFloat32:   y = act(float(acc - zp_m * col_sums[n]) * (scale_m * weight_scale[n]) + bias[n])
+//   kQuantized: y as above, then out = saturate(nearbyint(y / out_scale) + out_zero_point) as int8 / uint8
+// (zp_m, scale_m) are the activation zero point and scale: per row when row_scales is given (the dynamic
+// path), else act_zero_point / act_scale for the whole tensor. Weights are symmetric (zero point 0).
+struct GemmEpilogue {
+  enum Kind : int { kInt32 = 0, kFloat32 = 1, kQuantized = 2 };
+  Kind kind = kInt32;
+  float act_scale = 1.0f;
+  int32_t act_zero_point = 0;
+  const float* row_scales = nullptr;
+  const int32_t* row_zero_points = nullptr;
+  const float* weight_scale = nullptr;  // [N]
+  const int32_t* col_sums = nullptr;    // [N]; required when a zero point can be nonzero
+  const float* bias = nullptr;          // [N] or null
+  Activation activation = Activation::kNone;
+  float out_scale = 1.0f;
+  int32_t out_zero_point = 0;
+  bool out_signed = true;
+  // Reduction length of the accumulators (set by the drivers): above 32768 the zero-point correction
+  // acc - zp * col_sums can leave the int32 range and is computed in int64.
+  int64_t k = 0;
+};
+
 struct KernelTable {
   // ---- reductions ----
   // max_i |x[i]|; NaN if any x[i] is NaN; 0 for n == 0.
@@ -149,6 +176,13 @@ struct KernelTable {
   // pixels on a grid as wide as the padded input, pixel_stride = C, segment s is kernel row s (seg_len =
   // KW * C bytes, segment_stride = dilation_h * padded width * C), and W is the flattened (kh, kw, c) weight
   // packed by gemm_pack with K = KH * KW * C — so no im2col copy is made. seg_len % 4 == 0.
+  // The epilogue of a block of int32 accumulators (GemmEpilogue above): rows [0, rows) x columns
+  // [n_begin, n_end) of acc (row r is matrix row row0 + r; acc is indexed by absolute column) into `out`,
+  // element (0, 0) of the output matrix (row stride ldo), typed by e.kind. Every path compiles the same source
+  // (gemm_epilogue_impl.h) with its own flags: the same float operations in the same order, so the results
+  // are bit-identical across paths; only the vector width differs.
+  void (*gemm_epilogue)(const int32_t* acc, int64_t ldacc, int64_t rows, int64_t row0, int64_t n_begin,
+                        int64_t n_end, const GemmEpilogue& e, void* out, int64_t ldo);
   void (*conv_implicit_s32)(const void* X, bool x_signed, int64_t pixel_stride, int64_t segment_stride,
                             int64_t segments, int64_t seg_len, const void* packed, int64_t M, int64_t N,
                             int64_t n_begin, int64_t n_end, int32_t* C, int64_t ldc);

@@ -30,6 +30,7 @@
 #include <cstring>
 
 #include "pyslim/kernels.h"
+#include "../gemm_epilogue_impl.h"
 
 namespace pyslim {
 namespace neon_gemm {
@@ -290,6 +291,7 @@ void depthwise_conv_s32(const void* x, bool x_signed, int32_t pad_value, const i
 }  // namespace neon_gemm
 
 void fill_neon_gemm(KernelTable* t) {
+  t->gemm_epilogue = gemm_epilogue_impl;
   t->gemm_n_step = neon_gemm::kPanel;
   t->gemm_packed_size = neon_gemm::gemm_packed_size;
   t->gemm_pack = neon_gemm::gemm_pack;

@@ -4,6 +4,7 @@
 #include <cstring>
 
 #include "pyslim/kernels.h"
+#include "../gemm_epilogue_impl.h"
 
 namespace pyslim {
 namespace reference {
@@ -78,6 +79,7 @@ void depthwise_conv_s32(const void* x, bool x_signed, int32_t pad_value, const i
 }  // namespace reference
 
 void fill_reference_gemm(KernelTable* t) {
+  t->gemm_epilogue = gemm_epilogue_impl;
   t->gemm_n_step = 1;
   t->gemm_packed_size = reference::gemm_packed_size;
   t->gemm_pack = reference::gemm_pack;

@@ -38,6 +38,7 @@
 #include <cstring>
 
 #include "pyslim/kernels.h"
+#include "../gemm_epilogue_impl.h"
 
 namespace pyslim {
 namespace avx2_gemm {
@@ -482,6 +483,7 @@ void depthwise_conv_s32(const void* x, bool x_signed, int32_t pad_value, const i
 // Called by the dispatcher only on a CPU with AVX2 (the whole file is compiled with its flags). Used for
 // both the avx2 and the avx512 tables.
 void fill_avx2_gemm(KernelTable* t) {
+  t->gemm_epilogue = gemm_epilogue_impl;
   t->gemm_n_step = avx2_gemm::kNR;
   t->gemm_packed_size = avx2_gemm::gemm_packed_size;
   t->gemm_pack = avx2_gemm::gemm_pack;

@@ -37,6 +37,7 @@
 #include <cstring>
 
 #include "pyslim/kernels.h"
+#include "../gemm_epilogue_impl.h"
 
 namespace pyslim {
 namespace vnni {
@@ -594,6 +595,7 @@ void depthwise_conv_s32(const void* x, bool x_signed, int32_t pad_value, const i
 
 // Called by the dispatcher only on a CPU with AVX512_VNNI (the whole file is compiled with its flags).
 void fill_avx512vnni_gemm(KernelTable* t) {
+  t->gemm_epilogue = gemm_epilogue_impl;
   t->gemm_n_step = vnni::kNR;
   t->gemm_packed_size = vnni::gemm_packed_size;
   t->gemm_pack = vnni::gemm_pack;

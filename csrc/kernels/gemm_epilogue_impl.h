@@ -1,0 +1,119 @@
+// The int8 GEMM / convolution epilogue (kernels.h gemm_epilogue), written once and compiled by every path's
+// translation unit with that path's flags: the loops are branch-free per element so the compiler vectorises
+// them at the path's width (SSE2 for the reference, AVX2, AVX-512, NEON). -ffp-contract=off and the fixed
+// operation order make every copy bit-identical.
+//
+// Everything here is in an anonymous namespace on purpose: each ISA translation unit compiles its own copy
+// with its own flags, so the linker can never hand the AVX-512 instantiation to another path (and the
+// per-ISA objects still export only their fill functions, see .ci/check_isa_symbols.sh). Only compiler
+// builtins are used (no libm or std inline functions, which could become shared weak symbols).
+#pragma once
+
+#include <cstdint>
+
+#include "pyslim/kernels.h"
+
+namespace pyslim {
+namespace {
+
+// relu(y) = y < 0 ? 0 : y (NaN passes through, as torch.relu), relu6 = min(relu(y), 6); the CUDA epilogue
+// uses the same forms.
+template <Activation act>
+inline float epi_activate(float y) {
+  if (act == Activation::kNone) return y;
+  y = y < 0.0f ? 0.0f : y;
+  if (act == Activation::kRelu6) y = 6.0f < y ? 6.0f : y;
+  return y;
+}
+
+template <GemmEpilogue::Kind kind, Activation act>
+inline void epi_store(float y, const GemmEpilogue& e, float lo, float hi, float out_zp, void* out, int64_t index) {
+  y = epi_activate<act>(y);
+  if (kind == GemmEpilogue::kFloat32) {
+    static_cast<float*>(out)[index] = y;
+    return;
+  }
+  float q = __builtin_nearbyintf(y / e.out_scale) + out_zp;
+  q = __builtin_isnan(q) ? out_zp : __builtin_fminf(__builtin_fmaxf(q, lo), hi);
+  if (e.out_signed) {
+    static_cast<int8_t*>(out)[index] = static_cast<int8_t>(static_cast<int32_t>(q));
+  } else {
+    static_cast<uint8_t*>(out)[index] = static_cast<uint8_t>(static_cast<int32_t>(q));
+  }
+}
+
+template <GemmEpilogue::Kind kind, Activation act>
+void epi_rows(const int32_t* acc, int64_t ldacc, int64_t rows, int64_t row0, int64_t n_begin, int64_t n_end,
+              const GemmEpilogue& e, void* out, int64_t ldo) {
+  const float lo = e.out_signed ? -128.0f : 0.0f, hi = e.out_signed ? 127.0f : 255.0f;
+  const float out_zp = static_cast<float>(e.out_zero_point);
+  const bool wide = e.k > 32768;
+  const float* ws = e.weight_scale;
+  const int32_t* cs = e.col_sums;
+  const float* bias = e.bias;
+  for (int64_t r = 0; r < rows; ++r) {
+    const int64_t m = row0 + r;
+    const int32_t* a = acc + r * ldacc;
+    const float scale = e.row_scales ? e.row_scales[m] : e.act_scale;
+    const int32_t zp = e.row_zero_points ? e.row_zero_points[m] : e.act_zero_point;
+    float* f_out = static_cast<float*>(out) + m * ldo;
+    if (kind == GemmEpilogue::kFloat32 && zp == 0) {
+      if (bias) {
+        for (int64_t n = n_begin; n < n_end; ++n)
+          f_out[n] = epi_activate<act>(static_cast<float>(a[n]) * (scale * ws[n]) + bias[n]);
+      } else {
+        for (int64_t n = n_begin; n < n_end; ++n) f_out[n] = epi_activate<act>(static_cast<float>(a[n]) * (scale * ws[n]));
+      }
+      continue;
+    }
+    if (kind == GemmEpilogue::kFloat32 && !wide) {
+      if (bias) {
+        for (int64_t n = n_begin; n < n_end; ++n)
+          f_out[n] = epi_activate<act>(static_cast<float>(a[n] - zp * cs[n]) * (scale * ws[n]) + bias[n]);
+      } else {
+        for (int64_t n = n_begin; n < n_end; ++n)
+          f_out[n] = epi_activate<act>(static_cast<float>(a[n] - zp * cs[n]) * (scale * ws[n]));
+      }
+      continue;
+    }
+    for (int64_t n = n_begin; n < n_end; ++n) {
+      const int64_t centered = static_cast<int64_t>(a[n]) - (zp != 0 ? static_cast<int64_t>(zp) * cs[n] : 0);
+      float y = static_cast<float>(centered) * (scale * ws[n]);
+      if (bias) y = y + bias[n];
+      epi_store<kind, act>(y, e, lo, hi, out_zp, out, m * ldo + n);
+    }
+  }
+}
+
+template <GemmEpilogue::Kind kind>
+void epi_kind(const int32_t* acc, int64_t ldacc, int64_t rows, int64_t row0, int64_t n_begin, int64_t n_end,
+              const GemmEpilogue& e, void* out, int64_t ldo) {
+  switch (e.activation) {
+    case Activation::kRelu:
+      return epi_rows<kind, Activation::kRelu>(acc, ldacc, rows, row0, n_begin, n_end, e, out, ldo);
+    case Activation::kRelu6:
+      return epi_rows<kind, Activation::kRelu6>(acc, ldacc, rows, row0, n_begin, n_end, e, out, ldo);
+    default:
+      return epi_rows<kind, Activation::kNone>(acc, ldacc, rows, row0, n_begin, n_end, e, out, ldo);
+  }
+}
+
+void gemm_epilogue_impl(const int32_t* acc, int64_t ldacc, int64_t rows, int64_t row0, int64_t n_begin,
+                        int64_t n_end, const GemmEpilogue& e, void* out, int64_t ldo) {
+  switch (e.kind) {
+    case GemmEpilogue::kInt32:
+      for (int64_t r = 0; r < rows; ++r) {
+        int32_t* dst = static_cast<int32_t*>(out) + (row0 + r) * ldo;
+        const int32_t* src = acc + r * ldacc;
+        for (int64_t n = n_begin; n < n_end; ++n) dst[n] = src[n];
+      }
+      return;
+    case GemmEpilogue::kFloat32:
+      return epi_kind<GemmEpilogue::kFloat32>(acc, ldacc, rows, row0, n_begin, n_end, e, out, ldo);
+    case GemmEpilogue::kQuantized:
+      return epi_kind<GemmEpilogue::kQuantized>(acc, ldacc, rows, row0, n_begin, n_end, e, out, ldo);
+  }
+}
+
+}  // namespace
+}  // namespace pyslim
