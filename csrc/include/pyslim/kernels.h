@@ -53,7 +53,9 @@ enum class Activation : int { kNone = 0, kRelu = 1, kRelu6 = 2 };
 // What becomes of the int32 accumulator acc[m][n] = sum_k a[m][k] * w[n][k].
 //   kInt32:     out = acc
 //   kFloat32:   y = act(float(acc - zp_m * col_sums[n]) * (scale_m * weight_scale[n]) + bias[n])
-//   kQuantized: y as above, then out = saturate(nearbyint(y / out_scale) + out_zero_point) as int8 / uint8
+//   kQuantized: y as above, then out = saturate(nearbyint(y * (1.0f / out_scale)) + out_zero_point) as int8 /
+//               uint8 (NaN -> out_zero_point): exactly the quantize_int8 entry's result on the float output, so a
+//               layer can hand the next one its already-quantized input.
 // (zp_m, scale_m) are the activation zero point and scale: per row when row_scales is given (the dynamic
 // path), else act_zero_point / act_scale for the whole tensor. Weights are symmetric (zero point 0).
 struct GemmEpilogue {
