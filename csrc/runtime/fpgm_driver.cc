@@ -1,6 +1,7 @@
 // FPGM scores driver: tiling of the symmetric pair space, threading and the reduction (see fpgm.h).
 #include "pyslim/fpgm.h"
 
+#include <algorithm>
 #include <cmath>
 #include <vector>
 
@@ -53,7 +54,17 @@ namespace {
 
 void fpgm_scores_unscaled(const KernelTable& kernels, const float* W, int64_t C, int64_t K, int64_t ld, double* out,
                           int threads) {
-  const int64_t B = fpgm_block_rows(K);
+  // At least ~2^19 pair-elements (about 25-80 us of kernel time) per task, so that small matrices do not pay
+  // the fork-join and the partial vectors for nothing.
+  const double pair_elements = 0.5 * static_cast<double>(C) * static_cast<double>(C - 1) * static_cast<double>(K);
+  int64_t tasks = threads < 1 ? 1 : threads;
+  const double by_work = pair_elements / static_cast<double>(int64_t{1} << 19);
+  if (by_work < static_cast<double>(tasks)) tasks = by_work < 1.0 ? 1 : static_cast<int64_t>(by_work);
+  // Blocks of rows that fit the cache (fpgm_block_rows); smaller ones when the matrix is one block but there
+  // are several tasks (64 x 576 is one 64-row block: two 32-row blocks make three tiles for two threads).
+  int64_t B = fpgm_block_rows(K);
+  auto tile_count = [&](int64_t b) { const int64_t n = (C + b - 1) / b; return n * (n + 1) / 2; };
+  while (tasks > 1 && tile_count(B) < tasks && B > 8) B = std::max<int64_t>(8, (B / 2 + 3) / 4 * 4);
   const int64_t nb = (C + B - 1) / B;
   // Tiles (bi, bj) with bj >= bi, in row-major order of the upper triangle.
   std::vector<std::pair<int64_t, int64_t>> tiles;
@@ -61,12 +72,7 @@ void fpgm_scores_unscaled(const KernelTable& kernels, const float* W, int64_t C,
   for (int64_t bi = 0; bi < nb; ++bi)
     for (int64_t bj = bi; bj < nb; ++bj) tiles.emplace_back(bi, bj);
   const int64_t ntiles = static_cast<int64_t>(tiles.size());
-  // At least ~2^21 pair-elements (about 0.1-0.3 ms of kernel time) per task, so that small matrices do not
-  // pay the fork-join and the partial vectors for nothing.
-  const double pair_elements = 0.5 * static_cast<double>(C) * static_cast<double>(C - 1) * static_cast<double>(K);
-  int64_t tasks = ntiles < threads ? ntiles : static_cast<int64_t>(threads < 1 ? 1 : threads);
-  const double by_work = pair_elements / static_cast<double>(int64_t{1} << 21);
-  if (by_work < static_cast<double>(tasks)) tasks = by_work < 1.0 ? 1 : static_cast<int64_t>(by_work);
+  if (tasks > ntiles) tasks = ntiles;
   auto run_tile = [&](int64_t t, double* sums) {
     const int64_t i0 = tiles[t].first * B, j0 = tiles[t].second * B;
     const int64_t i1 = i0 + B < C ? i0 + B : C, j1 = j0 + B < C ? j0 + B : C;
