@@ -326,6 +326,50 @@ def int8_summary(rows: List[dict]) -> str:
     return "\n".join(out)
 
 
+FPGM_SHAPES = ((64, 576), (256, 2304), (512, 4608), (2048, 4608))
+
+
+def run_fpgm_benchmarks(threads_list: List[int], repeats: int) -> List[dict]:
+    """FPGM scores: pyslim.ops.fpgm_scores vs torch.cdist(W, W).sum(1) on the same float32 weights at the same
+    thread count, interleaved call by call; with each side's worst relative error against float64."""
+    from pyslim.prune.criteria import fpgm_scores_reference
+
+    def torch_fpgm(w):
+        return torch.cdist(w, w).sum(1)
+
+    rows = []
+    saved = torch.get_num_threads()
+    gen = torch.Generator().manual_seed(0)
+    try:
+        for c, k in FPGM_SHAPES:
+            w = torch.randn(c, k, generator=gen)
+            ref = fpgm_scores_reference(w)
+            err_p = float(((ops.fpgm_scores(w) - ref).abs() / ref.abs()).max())
+            err_t = float(((torch_fpgm(w).double() - ref).abs() / ref.abs()).max())
+            for threads in threads_list:
+                torch.set_num_threads(threads)
+                pyslim.set_num_threads(None)
+                rounds = max(repeats, min(100, int(2e9 / (c * c * k))))
+                med = _interleaved_medians({"ours": lambda: ops.fpgm_scores(w), "cdist": lambda: torch_fpgm(w)},
+                                           rounds, burst=1)
+                rows.append({"threads": threads, "shape": f"({c},{k})", "pyslim_ms": med["ours"] * 1e3,
+                             "cdist_ms": med["cdist"] * 1e3, "speedup": med["cdist"] / med["ours"],
+                             "pyslim_rel_err": err_p, "cdist_rel_err": err_t})
+    finally:
+        torch.set_num_threads(saved)
+    return rows
+
+
+def format_fpgm_table(rows: List[dict]) -> str:
+    head = (f"{'thr':>3}  {'FPGM scores (C, K)':<18} {'pyslim ms':>10} {'cdist ms':>10} {'speedup':>8} "
+            f"{'pyslim rel err':>15} {'cdist rel err':>14}")
+    lines = [head, "-" * len(head)]
+    for r in rows:
+        lines.append(f"{r['threads']:>3}  {r['shape']:<18} {r['pyslim_ms']:>10.3f} {r['cdist_ms']:>10.3f} "
+                     f"{r['speedup']:>7.2f}x {r['pyslim_rel_err']:>15.2e} {r['cdist_rel_err']:>14.2e}")
+    return "\n".join(lines)
+
+
 def format_table(rows: List[dict]) -> str:
     head = (f"{'thr':>3}  {'shape':<26} {'op':<48} {'baseline':<40} {'pyslim ms':>10} {'base ms':>10} "
             f"{'speedup':>8} {'GB/s':>7} {'%copy':>6}")
@@ -361,8 +405,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--threads", default="1,2", help="comma-separated thread counts (default 1,2)")
     parser.add_argument("--repeats", type=int, default=7, help="timed runs per measurement (median reported)")
     parser.add_argument("--shapes", default=",".join(SHAPES), help="comma-separated subset of: " + ", ".join(SHAPES))
-    parser.add_argument("--suite", choices=("all", "fakequant", "int8"), default="all",
-                        help="fake-quant kernels, int8 GEMM/conv, or both (default)")
+    parser.add_argument("--suite", choices=("all", "fakequant", "int8", "fpgm"), default="all",
+                        help="fake-quant kernels, int8 GEMM/conv, FPGM scores vs torch.cdist, or all (default)")
     parser.add_argument("--malloc", choices=("reuse", "default"), default="reuse",
                         help="reuse: glibc keeps freed memory (no page fault per fresh buffer; see "
                              "reuse_freed_memory); default: leave the allocator alone")
@@ -376,9 +420,12 @@ def main(argv: Optional[List[str]] = None) -> int:
     malloc_mode = "reuse" if args.malloc == "reuse" and reuse_freed_memory() else "default"
     info = pyslim.native_info()
     info["malloc"] = malloc_mode
-    rows = run_benchmarks(threads, args.repeats, {k: SHAPES[k] for k in wanted}) if args.suite != "int8" else []
-    int8_rows = run_int8_benchmarks(threads, args.repeats) if args.suite != "fakequant" else []
-    result = {"native_info": info, "torch": torch.__version__, "rows": rows, "int8_rows": int8_rows}
+    rows = run_benchmarks(threads, args.repeats, {k: SHAPES[k] for k in wanted}) if args.suite in ("all", "fakequant") \
+        else []
+    int8_rows = run_int8_benchmarks(threads, args.repeats) if args.suite in ("all", "int8") else []
+    fpgm_rows = run_fpgm_benchmarks(threads, args.repeats) if args.suite in ("all", "fpgm") else []
+    result = {"native_info": info, "torch": torch.__version__, "rows": rows, "int8_rows": int8_rows,
+              "fpgm_rows": fpgm_rows}
     if args.json == "-":
         print(json.dumps(result, indent=2))
         return 0
@@ -390,6 +437,9 @@ def main(argv: Optional[List[str]] = None) -> int:
         print()
         print(format_int8_table(int8_rows))
         print(int8_summary(int8_rows))
+    if fpgm_rows:
+        print()
+        print(format_fpgm_table(fpgm_rows))
     if args.json:
         with open(args.json, "w") as f:
             json.dump(result, f, indent=2)

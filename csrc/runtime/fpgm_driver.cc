@@ -11,7 +11,8 @@ namespace pyslim {
 
 int64_t fpgm_block_rows(int64_t K) {
   const int64_t bytes_per_row = (K > 0 ? K : 1) * static_cast<int64_t>(sizeof(float));
-  int64_t rows = (256 * 1024) / bytes_per_row;
+  // Two blocks in a 1 MiB L2; 256 KiB blocks made twice the passes over a W that exceeds L3 (2048 x 4608).
+  int64_t rows = (512 * 1024) / bytes_per_row;
   if (rows > 256) rows = 256;
   rows -= rows % 4;  // whole micro-tiles (4 rows) except at the end of the matrix
   return rows < 8 ? 8 : rows;

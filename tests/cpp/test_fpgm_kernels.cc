@@ -101,7 +101,7 @@ TEST(FpgmKernels, EveryPathMatchesLongDoubleReference) {
 }
 
 TEST(FpgmKernels, LargeRowsAcrossSeveralTiles) {
-  // K = 4608 gives 12-row tiles (fpgm_block_rows): 67 rows span 6 tile rows (the last one short), 21 tiles,
+  // K = 4608 gives 28-row tiles (fpgm_block_rows): 67 rows span 3 tile rows (the last one short), 6 tiles,
   // and enough work (~10M pair-elements) for the driver to use up to 4 tasks with their partial vectors.
   const int64_t C = 67, K = 4608;
   EXPECT_LT(fpgm_block_rows(K), C);
