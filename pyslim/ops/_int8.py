@@ -192,6 +192,22 @@ def conv2d_int8_direct(x: Tensor, x_scale: float, x_zero_point: int, packed: Opt
     return (conv2d_int8_float_input_op if is_float else conv2d_int8_op)(*args)
 
 
+def conv2d_int8_cached(x: Tensor, x_scale: float, x_zero_point: int, capsules: tuple, out_channels: int,
+                       kernel_h: int, kernel_w: int, stride, padding, dilation, groups: int, activation: int,
+                       out_dtype: int, out_scale: float, out_zero_point: int) -> Tensor:
+    """The direct native call of conv2d_int8_direct with the constant operands given as ready DLPack capsules
+    (packed, dw_weight, col_sums, weight_scale, bias; see Int8Conv2d._constant_capsules). x must be contiguous
+    NHWC and direct_call_ok(x) true."""
+    n, h, w, _ = x.shape
+    oh, ow = _conv_out_hw(h, w, (kernel_h, kernel_w), stride, padding, dilation)
+    out = torch.empty(n, max(oh, 0), max(ow, 0), out_channels, dtype=_CODE_DTYPE[out_dtype])
+    native = _C.conv2d_int8_float_input if x.dtype == torch.float32 else _C.conv2d_int8
+    native(capsule(x), x_scale, x_zero_point, capsules[0], capsules[1], capsules[2], capsules[3], capsules[4],
+           capsule(out), out_channels, kernel_h, kernel_w, stride, padding, dilation, groups, activation, out_scale,
+           out_zero_point, get_num_threads())
+    return out
+
+
 def conv2d_int8_float_input(x: Tensor, *args) -> Tensor:
     """conv2d_int8_float_input_op, called directly where direct_call_ok allows (same result)."""
     return conv2d_int8_direct(x, *args)
