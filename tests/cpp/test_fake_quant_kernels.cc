@@ -284,6 +284,76 @@ TEST(FakeQuantKernels, RangeWithZeroMatchesReference) {
   }
 }
 
+// Spans of 8 MiB and more are written with non-temporal stores on the AVX-512 paths (when the output is 64-byte
+// aligned): the values must stay bit-identical to the reference, for aligned (streamed) and misaligned (regular
+// stores) outputs, with a vector tail, and in place for apply_grad_mask.
+TEST(FakeQuantKernels, StreamedLargeSpansMatchReference) {
+  const int64_t n = (int64_t{8} << 20) / 4 + 37;
+  struct Buf {
+    float* base;
+    explicit Buf(int64_t count) : base(static_cast<float*>(std::aligned_alloc(64, static_cast<size_t>((count + 32) * 4)))) {}
+    ~Buf() { std::free(base); }
+  };
+  Buf xb(n), gb(n), want_b(n), got_b(n);
+  std::mt19937 rng(17);
+  std::normal_distribution<float> normal(0.0f, 3.0f);
+  for (int64_t i = 0; i < n + 16; ++i) {
+    xb.base[i] = normal(rng);
+    gb.base[i] = normal(rng);
+  }
+  const std::vector<uint8_t> zero_bits(static_cast<size_t>(n / 8 + 8), 0);
+  const float s_sym = 4.0f, s_aff = 0.05f;
+  const int32_t zp = 3;
+  for (Isa isa : usable_isas()) {
+    if (isa != Isa::kAvx512 && isa != Isa::kAvx512Vnni) continue;
+    const KernelTable& k = *kernel_table(isa);
+    for (int64_t offset : {0, 1}) {  // offset 1: a misaligned output takes the regular stores
+      SCOPED_TRACE(std::string("isa=") + isa_name(isa) + " offset=" + std::to_string(offset));
+      const float* x = xb.base + offset;
+      const float* g = gb.base + offset;
+      float* want = want_b.base + offset;
+      float* got = got_b.base + offset;
+      auto same = [&](const char* what) {
+        EXPECT_EQ(0, std::memcmp(want, got, static_cast<size_t>(n) * 4)) << what;
+      };
+      ref().fake_quant_symmetric(x, want, n, &s_sym, 0, 127, RoundMode::kHalfToEven);
+      k.fake_quant_symmetric(x, got, n, &s_sym, 0, 127, RoundMode::kHalfToEven);
+      same("fake_quant_symmetric");
+      std::vector<uint8_t> want_bits = zero_bits, got_bits = zero_bits;
+      ref().fake_quant_symmetric_mask(x, want, want_bits.data(), 0, n, &s_sym, 0, 127, RoundMode::kHalfToEven,
+                                      GradMask::kStrict);
+      k.fake_quant_symmetric_mask(x, got, got_bits.data(), 0, n, &s_sym, 0, 127, RoundMode::kHalfToEven,
+                                  GradMask::kStrict);
+      same("fake_quant_symmetric_mask");
+      EXPECT_EQ(want_bits, got_bits);
+      double acc_want = 0.0, acc_got = 0.0;
+      ref().fake_quant_symmetric_backward(x, g, want, n, &s_sym, 0, 127, RoundMode::kHalfToEven,
+                                          GradMask::kInclusive, &acc_want);
+      k.fake_quant_symmetric_backward(x, g, got, n, &s_sym, 0, 127, RoundMode::kHalfToEven, GradMask::kInclusive,
+                                      &acc_got);
+      same("fake_quant_symmetric_backward");
+      ref().fake_quant_affine(x, want, n, &s_aff, &zp, 0, -128, 127, RoundMode::kHalfToEven);
+      k.fake_quant_affine(x, got, n, &s_aff, &zp, 0, -128, 127, RoundMode::kHalfToEven);
+      same("fake_quant_affine");
+      want_bits = got_bits = zero_bits;
+      ref().fake_quant_affine_mask(x, want, want_bits.data(), 0, n, &s_aff, &zp, 0, -128, 127,
+                                   RoundMode::kHalfToEven);
+      k.fake_quant_affine_mask(x, got, got_bits.data(), 0, n, &s_aff, &zp, 0, -128, 127, RoundMode::kHalfToEven);
+      same("fake_quant_affine_mask");
+      EXPECT_EQ(want_bits, got_bits);
+      ref().fake_quant_affine_backward(x, g, want, n, &s_aff, &zp, 0, -128, 127, RoundMode::kHalfToEven,
+                                       GradMask::kInclusive, nullptr, nullptr);
+      k.fake_quant_affine_backward(x, g, got, n, &s_aff, &zp, 0, -128, 127, RoundMode::kHalfToEven,
+                                   GradMask::kInclusive, nullptr, nullptr);
+      same("fake_quant_affine_backward");
+      ref().apply_grad_mask(g, want_bits.data(), 0, want, n);
+      std::memcpy(got, g, static_cast<size_t>(n) * 4);
+      k.apply_grad_mask(got, got_bits.data(), 0, got, n);  // in place
+      same("apply_grad_mask (in place)");
+    }
+  }
+}
+
 TEST(FakeQuantKernels, AbsMaxAccumulateMatchesReference) {
   for (Isa isa : simd_isas()) {
     const KernelTable& k = *kernel_table(isa);

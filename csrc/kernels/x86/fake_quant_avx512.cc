@@ -48,6 +48,29 @@ inline void storef(float* p, __mmask16 k, __m512 v) {
     _mm512_storeu_ps(p, v);
   }
 }
+// Outputs far larger than the caches are written with non-temporal stores: a regular store first reads the line
+// it overwrites (read-for-ownership), so an output stream costs twice its size in memory traffic, and the cache
+// would evict it before anyone reads it again anyway. Only spans of at least 8 MiB with a 64-byte aligned output
+// (every full vector is then aligned: spans start on multiples of 64 elements); the tail keeps masked stores, and
+// the kernel ends with an sfence so that the stores are ordered before the call returns. Same values either way.
+constexpr int64_t kStreamFloats = (int64_t{8} << 20) / 4;
+inline bool use_stream(const void* p, int64_t n) {
+  return n >= kStreamFloats && (reinterpret_cast<uintptr_t>(p) & 63) == 0;
+}
+template <bool kT>
+inline void storef_s(float* p, __mmask16 k, __m512 v, bool stream) {
+  if constexpr (!kT) {
+    if (stream) {
+      _mm512_stream_ps(p, v);
+      return;
+    }
+  }
+  storef<kT>(p, k, v);
+}
+inline void end_stream(bool stream) {
+  if (stream) _mm_sfence();
+}
+
 template <bool kT>
 inline __m512i loadi(const int32_t* p, __mmask16 k) {
   if constexpr (kT) {
@@ -248,6 +271,7 @@ void fq_symmetric(const float* x, float* y, int64_t n, const float* scale, int32
   const __mmask16 use_le = mask == GradMask::kInclusive ? 0xffff : 0;
   const __mmask16 use_lt = mask == GradMask::kStrict ? 0xffff : 0;
   MaskWriter bits(mask_bits, kMask ? bit_offset : 0);
+  const bool stream = use_stream(y, n);
   vector_loop(n, [&](int64_t i, __mmask16 k, auto tail) {
     constexpr bool kT = decltype(tail)::value;
     __m512 s = s0, m = m0;
@@ -259,7 +283,7 @@ void fq_symmetric(const float* x, float* y, int64_t n, const float* scale, int32
     const __m512 clipped = _mm512_min_ps(_mm512_max_ps(v, neg_ps(s)), s);
     const __m512 q = round_ps<R>(_mm512_mul_ps(clipped, m));
     const __m512 out = _mm512_div_ps(_mm512_mul_ps(q, s), fbin);
-    storef<kT>(y + i, k, _mm512_mask_mov_ps(out, isnan_mask(v), v));
+    storef_s<kT>(y + i, k, _mm512_mask_mov_ps(out, isnan_mask(v), v), stream);
     if constexpr (kMask) {
       const __m512 av = _mm512_abs_ps(v);
       const __mmask16 keep = keep_all | _mm512_mask_cmp_ps_mask(use_le, av, s, _CMP_LE_OQ) |
@@ -268,6 +292,7 @@ void fq_symmetric(const float* x, float* y, int64_t n, const float* scale, int32
     }
   });
   if constexpr (kMask) bits.finish();
+  end_stream(stream);
 }
 
 template <bool kPer, RoundMode R, bool kSum>
@@ -280,6 +305,7 @@ void fq_symmetric_backward(const float* x, const float* grad, float* grad_x, int
   const __mmask16 use_le = mask == GradMask::kInclusive ? 0xffff : 0;
   const __mmask16 use_lt = mask == GradMask::kStrict ? 0xffff : 0;
   SumAcc sum;
+  const bool stream = use_stream(grad_x, n);
   vector_loop(n, [&](int64_t i, __mmask16 k, auto tail) {
     constexpr bool kT = decltype(tail)::value;
     __m512 s = s0, m = m0;
@@ -292,7 +318,7 @@ void fq_symmetric_backward(const float* x, const float* grad, float* grad_x, int
     const __m512 av = _mm512_abs_ps(v);
     const __mmask16 keep = keep_all | _mm512_mask_cmp_ps_mask(use_le, av, s, _CMP_LE_OQ) |
                            _mm512_mask_cmp_ps_mask(use_lt, av, s, _CMP_LT_OQ);
-    storef<kT>(grad_x + i, k, _mm512_maskz_mov_ps(keep, g));
+    storef_s<kT>(grad_x + i, k, _mm512_maskz_mov_ps(keep, g), stream);
     if constexpr (kSum) {
       const __m512 u = _mm512_mul_ps(v, m);
       __m512 c = _mm512_div_ps(_mm512_sub_ps(round_ps<R>(u), u), fbin);
@@ -308,6 +334,7 @@ void fq_symmetric_backward(const float* x, const float* grad, float* grad_x, int
     }
   });
   if constexpr (kSum && !kPer) acc[0] += sum.total();
+  end_stream(stream);
 }
 
 // ---------------------------------------------------------------------------------------------------------
@@ -351,6 +378,7 @@ void fq_affine(const float* x, float* y, int64_t n, const float* scale, const in
   const __m512 lo = _mm512_set1_ps(static_cast<float>(qmin)), hi = _mm512_set1_ps(static_cast<float>(qmax));
   const AffineSource<kPer> src(scale, zero_point);
   MaskWriter bits(mask_bits, kMask ? bit_offset : 0);
+  const bool stream = use_stream(y, n);
   vector_loop(n, [&](int64_t i, __mmask16 k, auto tail) {
     constexpr bool kT = decltype(tail)::value;
     const Affine a = src.template at<kT>(i, k);
@@ -358,13 +386,14 @@ void fq_affine(const float* x, float* y, int64_t n, const float* scale, const in
     const __m512 q = _mm512_add_ps(round_ps<R>(_mm512_mul_ps(v, a.inv)), a.zp);
     const __m512 c = _mm512_min_ps(_mm512_max_ps(q, lo), hi);  // NaN q -> lo, as fmax(q, lo)
     const __m512 out = _mm512_mul_ps(_mm512_sub_ps(c, a.zp), a.s);
-    storef<kT>(y + i, k, _mm512_mask_mov_ps(out, isnan_mask(v), v));
+    storef_s<kT>(y + i, k, _mm512_mask_mov_ps(out, isnan_mask(v), v), stream);
     if constexpr (kMask) {
       const __mmask16 inside = _mm512_cmp_ps_mask(q, lo, _CMP_GE_OQ) & _mm512_cmp_ps_mask(q, hi, _CMP_LE_OQ);
       put_bits<kT>(bits, inside, i, n);
     }
   });
   if constexpr (kMask) bits.finish();
+  end_stream(stream);
 }
 
 // grad_x = mask bit ? grad : 0: the bits of 16 elements are a __mmask16 directly (shifted into place when the
@@ -378,12 +407,14 @@ void apply_mask(const float* grad, const uint8_t* bits, unsigned shift, float* g
     if constexpr (kShift) return static_cast<__mmask16>((w | (static_cast<unsigned>(p[2]) << 16)) >> shift);
     return static_cast<__mmask16>(w);
   };
+  const bool stream = use_stream(grad_x, n);
   int64_t i = 0;
   for (; i + 4 * kW <= n; i += 4 * kW) {
     for (int64_t j = i; j < i + 4 * kW; j += kW)
-      _mm512_storeu_ps(grad_x + j, _mm512_maskz_mov_ps(word16(j), _mm512_loadu_ps(grad + j)));
+      storef_s<false>(grad_x + j, 0xffff, _mm512_maskz_mov_ps(word16(j), _mm512_loadu_ps(grad + j)), stream);
   }
-  for (; i + kW <= n; i += kW) _mm512_storeu_ps(grad_x + i, _mm512_maskz_mov_ps(word16(i), _mm512_loadu_ps(grad + i)));
+  for (; i + kW <= n; i += kW)
+    storef_s<false>(grad_x + i, 0xffff, _mm512_maskz_mov_ps(word16(i), _mm512_loadu_ps(grad + i)), stream);
   if (i < n) {
     const int64_t r = n - i;
     const uint8_t* p = bits + i / 8;
@@ -394,6 +425,7 @@ void apply_mask(const float* grad, const uint8_t* bits, unsigned shift, float* g
     const __m512 g = _mm512_maskz_loadu_ps(valid, grad + i);
     _mm512_mask_storeu_ps(grad_x + i, valid, _mm512_maskz_mov_ps(static_cast<__mmask16>(w >> shift), g));
   }
+  end_stream(stream);
 }
 
 template <bool kPer, RoundMode R, bool kSum>
@@ -404,6 +436,7 @@ void fq_affine_backward(const float* x, const float* grad, float* grad_x, int64_
   const __mmask16 keep_all = mask == GradMask::kNone ? 0xffff : 0;
   const AffineSource<kPer> src(scale, zero_point);
   SumAcc sum_s, sum_z;
+  const bool stream = use_stream(grad_x, n);
   vector_loop(n, [&](int64_t i, __mmask16 k, auto tail) {
     constexpr bool kT = decltype(tail)::value;
     const Affine a = src.template at<kT>(i, k);
@@ -413,7 +446,7 @@ void fq_affine_backward(const float* x, const float* grad, float* grad_x, int64_
     const __m512 r = round_ps<R>(u);
     const __m512 q = _mm512_add_ps(r, a.zp);
     const __mmask16 inside = _mm512_cmp_ps_mask(q, lo, _CMP_GE_OQ) & _mm512_cmp_ps_mask(q, hi, _CMP_LE_OQ);
-    storef<kT>(grad_x + i, k, _mm512_maskz_mov_ps(keep_all | inside, g));
+    storef_s<kT>(grad_x + i, k, _mm512_maskz_mov_ps(keep_all | inside, g), stream);
     if constexpr (kSum) {
       __m512 c = _mm512_maskz_sub_ps(_mm512_cmp_ps_mask(q, hi, _CMP_GT_OQ), hi, a.zp);
       c = _mm512_mask_sub_ps(c, _mm512_cmp_ps_mask(q, lo, _CMP_LT_OQ), lo, a.zp);
@@ -434,6 +467,7 @@ void fq_affine_backward(const float* x, const float* grad, float* grad_x, int64_
     if (acc_s) acc_s[0] += sum_s.total();
     if (acc_z) acc_z[0] += sum_z.total();
   }
+  end_stream(stream);
 }
 
 // Narrowing stores truncate (vpmovdb / vpmovdw), as static_cast<Q>(int32_t) wraps.
