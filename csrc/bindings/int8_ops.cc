@@ -347,9 +347,11 @@ void conv2d_run(const TensorArg& x, const void* xq, bool x_signed, const float* 
                           std::to_string(h.n_per_group * h.groups) + ", k=" + std::to_string(h.k) +
                           ") do not match this convolution");
   py::gil_scoped_release release;
-  if (quantize_from)
-    xq = quantize_activations(t, quantize_from, x_numel, static_cast<float>(x_scale),
-                              static_cast<int32_t>(x_zero_point), nt);
+  if (quantize_from) {
+    conv2d_nhwc_float(t, quantize_from, static_cast<float>(x_scale), static_cast<int32_t>(x_zero_point),
+                      packed_data(packed), h.group_stride, s, e, out.data(), nt);
+    return;
+  }
   conv2d_nhwc(t, xq, x_signed, static_cast<int32_t>(x_zero_point), packed_data(packed), h.group_stride, s, e,
               out.data(), nt);
 }

@@ -240,17 +240,27 @@ namespace {
 // padded image and whose K runs over the KH kernel rows, each KW * C contiguous bytes, dilation_h * Wp pixels
 // apart. Rows with ow >= OW (the Wp - OW columns between output rows) are computed and dropped: (Wp - OW) / Wp
 // extra work (3 % for a 3x3 over 56 columns) against an im2col copy of KH * KW times the input.
-void conv2d_implicit(const KernelTable& k, const uint8_t* x, bool x_signed, uint8_t pad_byte, const void* packed,
-                     const ConvShape& s, const GemmEpilogue& e, void* out, int threads) {
+// True when conv2d_implicit applies (see conv2d_nhwc).
+bool implicit_ok(const KernelTable& k, const ConvShape& s) {
+  return k.conv_implicit_s32 != nullptr && s.groups == 1 && s.stride_h == 1 && s.stride_w == 1 &&
+         s.dilation_w == 1 && (s.kernel_w * s.in_c) % 4 == 0 && s.kernel_h * s.kernel_w > 1;
+}
+
+// x is either int8 / uint8 (x_float null) or float32 quantized row by row while the padded image is built
+// (x_float, with x_scale / pad_value as the zero point: the quantize op's int8, one pass instead of two).
+void conv2d_implicit(const KernelTable& k, const uint8_t* x, const float* x_float, float x_scale, bool x_signed,
+                     int32_t pad_value, const void* packed, const ConvShape& s, const GemmEpilogue& e, void* out,
+                     int threads) {
+  const auto pad_byte = static_cast<uint8_t>(pad_value & 0xff);
   const int64_t C = s.in_c, N = s.out_c;
   const int64_t Hp = s.in_h + 2 * s.pad_h, Wp = s.in_w + 2 * s.pad_w;
   // The rows the kernel rows of output row oh read must exist: Hp >= (OH - 1) + dilation_h * (KH - 1) + 1.
   const int64_t image = Hp * Wp * C, slack = s.kernel_w * C + 64;
   auto* xp = thread_scratch_as<uint8_t>(ScratchSlot::kPadded, static_cast<size_t>(s.batch * image + slack));
   const int64_t row_bytes = s.in_w * C;
-  parallel_for(split_count(s.batch * Hp, 64, threads), threads, [&](int64_t task) {
-    const int64_t tasks = split_count(s.batch * Hp, 64, threads);
-    for (int64_t r = s.batch * Hp * task / tasks, r1 = s.batch * Hp * (task + 1) / tasks; r < r1; ++r) {
+  const int64_t pad_tasks = split_count(s.batch * Hp, 8, threads);
+  parallel_for(pad_tasks, threads, [&](int64_t task) {
+    for (int64_t r = s.batch * Hp * task / pad_tasks, r1 = s.batch * Hp * (task + 1) / pad_tasks; r < r1; ++r) {
       const int64_t b = r / Hp, hp = r % Hp, ih = hp - s.pad_h;
       uint8_t* dst = xp + r * Wp * C;
       if (ih < 0 || ih >= s.in_h) {
@@ -258,7 +268,12 @@ void conv2d_implicit(const KernelTable& k, const uint8_t* x, bool x_signed, uint
         continue;
       }
       std::memset(dst, pad_byte, static_cast<size_t>(s.pad_w * C));
-      std::memcpy(dst + s.pad_w * C, x + (b * s.in_h + ih) * row_bytes, static_cast<size_t>(row_bytes));
+      if (x_float != nullptr) {
+        k.quantize_int8(x_float + (b * s.in_h + ih) * row_bytes, reinterpret_cast<int8_t*>(dst + s.pad_w * C),
+                        row_bytes, &x_scale, &pad_value, 0, -128, 127, RoundMode::kHalfToEven);
+      } else {
+        std::memcpy(dst + s.pad_w * C, x + (b * s.in_h + ih) * row_bytes, static_cast<size_t>(row_bytes));
+      }
       std::memset(dst + s.pad_w * C + row_bytes, pad_byte, static_cast<size_t>(s.pad_w * C));
     }
   });
@@ -311,9 +326,8 @@ void conv2d_nhwc(const KernelTable& k, const void* x, bool x_signed, int32_t pad
     return;
   }
   const auto pad_byte = static_cast<uint8_t>(pad_value & 0xff);
-  if (k.conv_implicit_s32 != nullptr && groups == 1 && s.stride_h == 1 && s.stride_w == 1 && s.dilation_w == 1 &&
-      (s.kernel_w * s.in_c) % 4 == 0 && s.kernel_h * s.kernel_w > 1) {
-    conv2d_implicit(k, xb, x_signed, pad_byte, packed, s, e, out, threads);
+  if (implicit_ok(k, s)) {
+    conv2d_implicit(k, xb, nullptr, 1.0f, x_signed, pad_value, packed, s, e, out, threads);
     return;
   }
   // Pixel blocks: whole row tiles (multiples of 6), about kPixelBlock pixels, so that a task's im2col block
@@ -383,6 +397,17 @@ void depthwise_conv2d_nhwc(const KernelTable& k, const void* x, bool x_signed, i
     ek.k = s.kernel_h * s.kernel_w;
     k.gemm_epilogue(acc, s.out_c, (r1 - r0) * s.out_w, r0 * s.out_w, 0, s.out_c, ek, out, s.out_c);
   });
+}
+
+void conv2d_nhwc_float(const KernelTable& k, const float* x, float x_scale, int32_t x_zero_point, const void* packed,
+                       int64_t group_stride, const ConvShape& s, const GemmEpilogue& e, void* out, int threads) {
+  if (s.batch * s.out_h * s.out_w == 0 || s.out_c == 0) return;
+  if (implicit_ok(k, s)) {
+    conv2d_implicit(k, nullptr, x, x_scale, true, x_zero_point, packed, s, e, out, threads);
+    return;
+  }
+  const int8_t* q = quantize_activations(k, x, s.batch * s.in_h * s.in_w * s.in_c, x_scale, x_zero_point, threads);
+  conv2d_nhwc(k, q, true, x_zero_point, packed, group_stride, s, e, out, threads);
 }
 
 }  // namespace pyslim

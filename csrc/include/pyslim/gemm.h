@@ -42,6 +42,12 @@ struct ConvShape {
 void conv2d_nhwc(const KernelTable& k, const void* x, bool x_signed, int32_t pad_value, const void* packed,
                  int64_t group_stride, const ConvShape& s, const GemmEpilogue& e, void* out, int threads);
 
+// conv2d_nhwc on float32 NHWC x, quantized to int8 with (x_scale, x_zero_point) — the quantize op's values —
+// as part of the call (for stride-1 convolutions on the implicit path, while the padded image is built: one
+// pass, no separate int8 tensor).
+void conv2d_nhwc_float(const KernelTable& k, const float* x, float x_scale, int32_t x_zero_point, const void* packed,
+                       int64_t group_stride, const ConvShape& s, const GemmEpilogue& e, void* out, int threads);
+
 // Depthwise convolution (groups == in_c == out_c): w is kernel_h x kernel_w x C int8 (unpacked).
 void depthwise_conv2d_nhwc(const KernelTable& k, const void* x, bool x_signed, int32_t pad_value, const int8_t* w,
                            const ConvShape& s, const GemmEpilogue& e, void* out, int threads);
