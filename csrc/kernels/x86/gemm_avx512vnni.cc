@@ -420,6 +420,10 @@ void depthwise_rows(const uint8_t* x, int32_t pad_value, const int8_t* w, int32_
 // no conversions. An odd last tap of a kernel row is paired with a zero weight. |a0*w0 + a1*w1| <= 2 * 32768
 // * 128, so every product and pair sum is exact; vpdpwssd wraps like the reference's int32 sum. Pair rows
 // are cached (KH slots tagged by input row) across the output rows of one call.
+// A pair row is stored channel block by channel block ([cb][position][32 words]), so that the positions one
+// block of output pixels reads are contiguous: the KH rows of one 32-channel block (~22 KiB for 58 positions)
+// stay in L1 while the output row is swept (position-major rows put them 640 bytes apart, spread over ~110 KiB,
+// and ran from L2 at a third of the speed).
 // Channels go in blocks of 32 (tail masked): vpunpck{l,h}wd of the two widened rows scramble them within
 // 128-bit lanes (lo: 0-3, 8-11, 16-19, 24-27; hi: the rest); the weights are scrambled the same way and the
 // accumulators are put back in order with one vpermt2q per 16 channels at the store.
@@ -437,13 +441,14 @@ inline __m512i widen32(const uint8_t* p, __mmask32 m) {
 
 template <int NB>
 inline void dw_pairs_block(const int32_t* const* prow, const int32_t* wt, int32_t* o, const DepthwiseShape& s,
-                           int64_t ow, int64_t cb, int64_t nCB, int64_t npairs, __mmask16 m0, __mmask16 m1) {
+                           int64_t ow, int64_t cb, int64_t nCB, int64_t npairs, int64_t Wp, __mmask16 m0,
+                           __mmask16 m1) {
   __m512i acc[NB][2];
 #pragma GCC unroll 8
   for (int n = 0; n < NB; ++n) acc[n][0] = acc[n][1] = _mm512_setzero_si512();
-  const int64_t pix = s.stride_w * nCB * 32, tap2 = 2 * s.dilation_w * nCB * 32;
+  const int64_t pix = s.stride_w * 32, tap2 = 2 * s.dilation_w * 32;
   for (int64_t i = 0; i < s.kernel_h; ++i) {
-    const int32_t* q = prow[i] + (ow * s.stride_w * nCB + cb) * 32;
+    const int32_t* q = prow[i] + (cb * Wp + ow * s.stride_w) * 32;
     const int32_t* wk = wt + ((i * npairs) * nCB + cb) * 32;
     for (int64_t jp = 0; jp < npairs; ++jp, q += tap2, wk += nCB * 32) {
       const __m512i w0 = _mm512_loadu_si512(wk), w1 = _mm512_loadu_si512(wk + 16);
@@ -524,7 +529,7 @@ bool depthwise_rows_pairs(const uint8_t* x, int32_t pad_value, const int8_t* w, 
         const __mmask32 m = dw_mask32(C - cb * 32);
         const __m512i a = in_a ? widen32<kSigned>(xr + iw * C + cb * 32, m) : padv;
         const __m512i bb = in_b ? widen32<kSigned>(xr + iw2 * C + cb * 32, m) : padv;
-        int32_t* d = dst + (p * nCB + cb) * 32;
+        int32_t* d = dst + (cb * Wp + p) * 32;
         _mm512_storeu_si512(d, _mm512_unpacklo_epi16(a, bb));
         _mm512_storeu_si512(d + 16, _mm512_unpackhi_epi16(a, bb));
       }
@@ -565,8 +570,8 @@ bool depthwise_rows_pairs(const uint8_t* x, int32_t pad_value, const int8_t* w, 
                                        : static_cast<__mmask16>(0);
       int64_t ow = 0;
       for (; ow + kDwPix <= s.out_w; ow += kDwPix)
-        dw_pairs_block<kDwPix>(prow, wt, o, s, ow, cb, nCB, npairs, m0, m1);
-      for (; ow < s.out_w; ++ow) dw_pairs_block<1>(prow, wt, o, s, ow, cb, nCB, npairs, m0, m1);
+        dw_pairs_block<kDwPix>(prow, wt, o, s, ow, cb, nCB, npairs, Wp, m0, m1);
+      for (; ow < s.out_w; ++ow) dw_pairs_block<1>(prow, wt, o, s, ow, cb, nCB, npairs, Wp, m0, m1);
     }
   }
   return true;
