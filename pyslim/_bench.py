@@ -294,14 +294,40 @@ def _int8_row(threads, shape, op, baseline, t_ours, t_base, ops_count) -> dict:
             "baseline_ms": t_base * 1e3, "speedup": t_base / t_ours, "pyslim_GOPS": ops_count / t_ours / 1e9}
 
 
-def format_int8_table(rows: List[dict]) -> str:
-    head = (f"{'thr':>3}  {'shape':<30} {'op':<24} {'baseline':<36} {'pyslim ms':>10} {'base ms':>10} "
-            f"{'speedup':>8} {'GOPS':>7}")
+def _format_rows(rows: List[dict], columns) -> str:
+    """A fixed-width table; columns are (header, format spec such as '<26' or '>10', cell(row) -> str)."""
+    head = "  ".join(f"{h:{spec}}" for h, spec, _ in columns)
     lines = [head, "-" * len(head)]
     for r in rows:
-        lines.append(f"{r['threads']:>3}  {r['shape']:<30} {r['op']:<24} {r['baseline']:<36} {r['pyslim_ms']:>10.3f} "
-                     f"{r['baseline_ms']:>10.3f} {r['speedup']:>7.2f}x {r['pyslim_GOPS']:>7.1f}")
+        lines.append("  ".join(f"{cell(r):{spec}}" for _, spec, cell in columns))
     return "\n".join(lines)
+
+
+def _common_columns(shape_width: int):
+    return [("thr", ">3", lambda r: str(r["threads"])), ("shape", f"<{shape_width}", lambda r: r["shape"])]
+
+
+def format_table(rows: List[dict]) -> str:
+    return _format_rows(rows, _common_columns(26) + [
+        ("op", "<48", lambda r: r["op"]), ("baseline", "<40", lambda r: r["baseline"]),
+        ("pyslim ms", ">10", lambda r: f"{r['pyslim_ms']:.3f}"), ("base ms", ">10", lambda r: f"{r['baseline_ms']:.3f}"),
+        ("speedup", ">8", lambda r: f"{r['speedup']:.2f}x"), ("GB/s", ">7", lambda r: f"{r['pyslim_GBps']:.2f}"),
+        ("%copy", ">6", lambda r: f"{100 * r['fraction_of_copy_bw']:.0f}%")])
+
+
+def format_int8_table(rows: List[dict]) -> str:
+    return _format_rows(rows, _common_columns(30) + [
+        ("op", "<24", lambda r: r["op"]), ("baseline", "<36", lambda r: r["baseline"]),
+        ("pyslim ms", ">10", lambda r: f"{r['pyslim_ms']:.3f}"), ("base ms", ">10", lambda r: f"{r['baseline_ms']:.3f}"),
+        ("speedup", ">8", lambda r: f"{r['speedup']:.2f}x"), ("GOPS", ">7", lambda r: f"{r['pyslim_GOPS']:.1f}")])
+
+
+def format_fpgm_table(rows: List[dict]) -> str:
+    return _format_rows(rows, _common_columns(18) + [
+        ("pyslim ms", ">10", lambda r: f"{r['pyslim_ms']:.3f}"), ("cdist ms", ">10", lambda r: f"{r['cdist_ms']:.3f}"),
+        ("speedup", ">8", lambda r: f"{r['speedup']:.2f}x"),
+        ("pyslim rel err", ">15", lambda r: f"{r['pyslim_rel_err']:.2e}"),
+        ("cdist rel err", ">14", lambda r: f"{r['cdist_rel_err']:.2e}")])
 
 
 def int8_summary(rows: List[dict]) -> str:
@@ -358,27 +384,6 @@ def run_fpgm_benchmarks(threads_list: List[int], repeats: int) -> List[dict]:
     finally:
         torch.set_num_threads(saved)
     return rows
-
-
-def format_fpgm_table(rows: List[dict]) -> str:
-    head = (f"{'thr':>3}  {'FPGM scores (C, K)':<18} {'pyslim ms':>10} {'cdist ms':>10} {'speedup':>8} "
-            f"{'pyslim rel err':>15} {'cdist rel err':>14}")
-    lines = [head, "-" * len(head)]
-    for r in rows:
-        lines.append(f"{r['threads']:>3}  {r['shape']:<18} {r['pyslim_ms']:>10.3f} {r['cdist_ms']:>10.3f} "
-                     f"{r['speedup']:>7.2f}x {r['pyslim_rel_err']:>15.2e} {r['cdist_rel_err']:>14.2e}")
-    return "\n".join(lines)
-
-
-def format_table(rows: List[dict]) -> str:
-    head = (f"{'thr':>3}  {'shape':<26} {'op':<48} {'baseline':<40} {'pyslim ms':>10} {'base ms':>10} "
-            f"{'speedup':>8} {'GB/s':>7} {'%copy':>6}")
-    lines = [head, "-" * len(head)]
-    for r in rows:
-        lines.append(f"{r['threads']:>3}  {r['shape']:<26} {r['op']:<48} {r['baseline']:<40} "
-                     f"{r['pyslim_ms']:>10.3f} {r['baseline_ms']:>10.3f} {r['speedup']:>7.2f}x "
-                     f"{r['pyslim_GBps']:>7.2f} {100 * r['fraction_of_copy_bw']:>5.0f}%")
-    return "\n".join(lines)
 
 
 def reuse_freed_memory() -> bool:
