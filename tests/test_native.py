@@ -119,6 +119,28 @@ def test_parallel_backends_give_identical_results():
         assert torch.equal(got[0], outs[0][0]) and torch.equal(got[1], outs[0][1])
 
 
+_FORK_SCRIPT = """
+import os, sys, torch, pyslim
+torch.set_num_threads(2)
+x = torch.randn(1 << 20)
+pyslim.ops.fake_quant_abs_max(x)  # the own pool's helper thread exists from here on
+pid = os.fork()
+if pid == 0:
+    ok = all(torch.equal(pyslim.ops.fake_quant_abs_max(x), pyslim.ops.fake_quant_abs_max(x)) for _ in range(20))
+    os._exit(0 if ok else 1)
+_, status = os.waitpid(pid, 0)
+print(os.waitstatus_to_exitcode(status))
+"""
+
+
+def test_own_pool_works_in_a_forked_child():
+    # The child has none of the parent's helper threads: the pool must start over there, not wait forever.
+    r = subprocess.run([sys.executable, "-c", _FORK_SCRIPT], capture_output=True, text=True, cwd="/", timeout=120,
+                       env=dict(os.environ, PYSLIM_PARALLEL_BACKEND="own"))
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "0"
+
+
 def test_parallel_backend_errors():
     with pytest.raises(ValueError, match="name must be 'auto', 'openmp' or 'own'"):
         pyslim.set_parallel_backend("tbb")

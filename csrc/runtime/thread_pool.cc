@@ -1,6 +1,7 @@
 #include "pyslim/thread_pool.h"
 
 #include <dlfcn.h>
+#include <pthread.h>
 
 #include <atomic>
 #include <chrono>
@@ -161,9 +162,26 @@ class Pool {
   int sleepers_ = 0;  // guarded by mu_
 };
 
+// Leaked on purpose: joining threads from a static destructor at interpreter exit can deadlock. A forked child
+// (a DataLoader worker, multiprocessing) has none of the parent's helper threads, and its copies of the pool's
+// mutexes may be held by threads that do not exist there: it starts over with a fresh pool (the old one is
+// abandoned, never touched again).
+std::atomic<Pool*> g_pool{nullptr};
+
+void reset_pool_in_child() { g_pool.store(nullptr); }
+
 Pool& pool() {
-  // Leaked on purpose: joining threads from a static destructor at interpreter exit can deadlock.
-  static Pool* p = new Pool();
+  Pool* p = g_pool.load(std::memory_order_acquire);
+  if (p != nullptr) return *p;
+  static std::once_flag registered;
+  std::call_once(registered, [] { pthread_atfork(nullptr, nullptr, reset_pool_in_child); });
+  static std::mutex create_mu;
+  std::lock_guard<std::mutex> lock(create_mu);
+  p = g_pool.load(std::memory_order_acquire);
+  if (p == nullptr) {
+    p = new Pool();
+    g_pool.store(p, std::memory_order_release);
+  }
   return *p;
 }
 
