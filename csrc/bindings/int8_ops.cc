@@ -62,7 +62,7 @@ int threads_arg(int threads) {
 }
 
 Activation activation_arg(int a) {
-  if (a < 0 || a > 2) throw py::value_error("activation must be 0 (none), 1 (relu) or 2 (relu6); got " +
+  if (a < 0 || a > 3) throw py::value_error("activation must be 0 (none), 1 (relu), 2 (relu6) or 3 (gelu); got " +
                                             std::to_string(a));
   return static_cast<Activation>(a);
 }

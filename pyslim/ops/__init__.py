@@ -347,7 +347,7 @@ def gemm_int8(a: Tensor, packed: Tensor, out_features: int, out_dtype: torch.dty
     if out_dtype not in _OUT_DTYPES:
         raise TypeError(f"out_dtype must be one of {list(_OUT_DTYPES)}; got {out_dtype}")
     if activation not in _ACTIVATIONS:
-        raise ValueError(f"activation must be None, 'relu' or 'relu6'; got {activation!r}")
+        raise ValueError(f"activation must be None, 'relu', 'relu6' or 'gelu'; got {activation!r}")
     return gemm_int8_op(a, float(a_scale), int(a_zero_point), packed, col_sums, weight_scale, bias, int(out_features),
                         _OUT_DTYPES[out_dtype], _ACTIVATIONS[activation], float(out_scale), int(out_zero_point))
 
@@ -359,7 +359,7 @@ def linear_int8_dynamic(x: Tensor, packed: Tensor, col_sums: Tensor, weight_scal
     asymmetric), multiplied by the packed int8 weights, float epilogue. See ``pyslim.quant.nn.Int8Linear``."""
     x = _check_input(x)
     if activation not in _ACTIVATIONS:
-        raise ValueError(f"activation must be None, 'relu' or 'relu6'; got {activation!r}")
+        raise ValueError(f"activation must be None, 'relu', 'relu6' or 'gelu'; got {activation!r}")
     return linear_int8_dynamic_op(x, packed, col_sums, weight_scale, bias, int(out_features), bool(per_row),
                                   bool(symmetric), _ACTIVATIONS[activation])
 
@@ -382,7 +382,7 @@ def conv2d_int8(x: Tensor, x_scale: float, x_zero_point: int, weight_int8: Tenso
     if not isinstance(weight_int8, Tensor) or weight_int8.dtype != torch.int8 or weight_int8.dim() != 4:
         raise TypeError("weight_int8 must be a 4-D int8 tensor (Cout, Cin/groups, KH, KW)")
     if activation not in _ACTIVATIONS:
-        raise ValueError(f"activation must be None, 'relu' or 'relu6'; got {activation!r}")
+        raise ValueError(f"activation must be None, 'relu', 'relu6' or 'gelu'; got {activation!r}")
     pair = (lambda v: [int(v), int(v)] if isinstance(v, int) else [int(v[0]), int(v[1])])
     cout, cin_g, kh, kw = weight_int8.shape
     cin = x.shape[3]

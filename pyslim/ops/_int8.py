@@ -13,7 +13,7 @@ from pyslim._native import capsule, get_num_threads
 # Output codes of gemm_int8.
 OUT_DTYPES = {torch.int32: 0, torch.float32: 1, torch.int8: 2, torch.uint8: 3}
 _CODE_DTYPE = {v: k for k, v in OUT_DTYPES.items()}
-ACTIVATIONS = {None: 0, "none": 0, "relu": 1, "relu6": 2}
+ACTIVATIONS = {None: 0, "none": 0, "relu": 1, "relu6": 2, "gelu": 3}
 
 
 def _opt(t: Optional[Tensor]):

@@ -281,6 +281,8 @@ def _activate(y: Tensor, activation: Optional[str]) -> Tensor:
         return torch.relu(y)
     if activation == "relu6":
         return torch.clamp(y, 0.0, 6.0)
+    if activation == "gelu":
+        return torch.nn.functional.gelu(y)
     return y
 
 

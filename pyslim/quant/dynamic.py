@@ -33,7 +33,7 @@ from __future__ import annotations
 import copy
 import logging
 import numbers
-from typing import Iterable, List, Optional, Sequence, Tuple, Type, Union
+from typing import Dict, Iterable, List, Optional, Sequence, Tuple, Type, Union
 
 import torch
 import torch.nn.functional as F
@@ -257,7 +257,8 @@ def _layer_types(quantizable_layer_type) -> Tuple[Type[nn.Module], ...]:
     return tuple(dict.fromkeys(out))
 
 
-def _convert(module: nn.Module, name: str, weight_bits: int, weight_quantize_type: str) -> nn.Module:
+def _convert(module: nn.Module, name: str, weight_bits: int, weight_quantize_type: str,
+             fused_activation: Optional[str] = None) -> nn.Module:
     from pyslim.quant.nn import Int8Conv2d, Int8Linear
 
     if weight_bits == 8:
@@ -266,7 +267,8 @@ def _convert(module: nn.Module, name: str, weight_bits: int, weight_quantize_typ
                              "the model to the CPU first, or use weight_bits=16")
         q, scale = quantize_weight_symmetric(module.weight, 8, weight_quantize_type)
         if isinstance(module, nn.Linear):
-            return Int8Linear(module.in_features, module.out_features, q, scale, module.bias, activation="dynamic")
+            return Int8Linear(module.in_features, module.out_features, q, scale, module.bias, activation="dynamic",
+                              fused_activation=fused_activation)
         padding = module.padding
         if module.padding_mode != "zeros" or padding == "same":
             raise ValueError(f"layer {name!r} (Conv2d) cannot be converted to int8: the int8 convolution takes "
@@ -274,7 +276,8 @@ def _convert(module: nn.Module, name: str, weight_bits: int, weight_quantize_typ
                              "leave it in float with skip_quant, or use weight_bits=16")
         padding = (0, 0) if padding == "valid" else padding
         return Int8Conv2d(module.in_channels, module.out_channels, module.kernel_size, module.stride, padding,
-                          module.dilation, module.groups, q, scale, module.bias, activation="dynamic")
+                          module.dilation, module.groups, q, scale, module.bias, activation="dynamic",
+                          fused_activation=fused_activation)
     if isinstance(module, nn.Linear):
         return WeightOnlyInt16Linear.from_float(module, weight_quantize_type)
     return WeightOnlyInt16Conv2d.from_float(module, weight_quantize_type)
@@ -283,7 +286,7 @@ def _convert(module: nn.Module, name: str, weight_bits: int, weight_quantize_typ
 def quant_post_dynamic(model: nn.Module, weight_bits: int = 8,
                        quantizable_layer_type: Iterable[Union[str, Type[nn.Module]]] = ("Linear", "Conv2d"),
                        weight_quantize_type: str = "channel_wise_abs_max", skip_quant: Iterable[str] = (),
-                       inplace: bool = False) -> nn.Module:
+                       inplace: bool = False, optimize_model: bool = False, example_inputs=None) -> nn.Module:
     """Quantizes the weights of every ``nn.Linear`` / ``nn.Conv2d`` to int8 or int16 (no calibration data).
 
     Args:
@@ -296,6 +299,12 @@ def quant_post_dynamic(model: nn.Module, weight_bits: int = 8,
         skip_quant: module names (as in ``model.named_modules()``) to keep in float, with everything under
             them; modules with a ``skip_quant = True`` attribute are kept too (PaddleSlim's convention).
         inplace: convert ``model`` itself instead of a deep copy.
+        optimize_model: with 8-bit weights, run the ``ReLU`` / ``ReLU6`` / exact ``GELU`` module that follows a
+            converted layer inside its kernel's epilogue (the module becomes an identity). The pairs are found by
+            running the model once on ``example_inputs`` (required then: a tensor, a tuple of positional inputs
+            or a dict of keyword inputs) and following where each layer's output goes
+            (``pyslim.quant.fuse.find_activation_fusions_by_run``), so models fx cannot trace (Hugging Face
+            transformers) are covered. The kernel's GELU is within 2e-7 * |y| of torch's.
 
     Returns the converted model. Example::
 
@@ -316,11 +325,25 @@ def quant_post_dynamic(model: nn.Module, weight_bits: int = 8,
         model = copy.deepcopy(model)
     targets = [(name, m) for name, m in model.named_modules()
                if type(m) in types and not _is_skipped(name, m, skip)]
+    fused: Dict[str, Tuple[str, str]] = {}
+    if optimize_model:
+        if example_inputs is None:
+            raise ValueError("optimize_model=True needs example_inputs (a tensor, a tuple or a dict of inputs) "
+                             "to find which activations follow which layers")
+        if weight_bits == 8:
+            from pyslim.quant.fuse import find_activation_fusions_by_run
+
+            fused = find_activation_fusions_by_run(model.eval(), example_inputs,
+                                                   layer_names={name for name, _ in targets})
     for name, m in targets:
-        new = _convert(m, name, int(weight_bits), weight_quantize_type)
+        new = _convert(m, name, int(weight_bits), weight_quantize_type, fused.get(name, (None,))[0])
         if name == "":
             return new
         _set_submodule(model, name, new)
+    for _, act_name in set(fused.values()):
+        _set_submodule(model, act_name, nn.Identity())
+    if fused:
+        logger.info("quant_post_dynamic: %d activation(s) run inside the int8 kernels", len(fused))
     logger.info("quant_post_dynamic: %d layer(s) converted to %d-bit weights", len(targets), weight_bits)
     return model
 

@@ -35,7 +35,7 @@ from typing import Dict, List, Optional, Tuple
 import torch
 from torch import fx, nn
 
-__all__ = ["FusionPlan", "find_fusions", "find_int8_chains"]
+__all__ = ["FusionPlan", "find_fusions", "find_int8_chains", "find_activation_fusions_by_run"]
 
 logger = logging.getLogger("pyslim.quant.fuse")
 
@@ -169,3 +169,90 @@ def find_int8_chains(model: nn.Module) -> List[Tuple[str, str]]:
                 and not (isinstance(inner(producer), Int8Linear) and inner(producer).dynamic)):
             pairs.append((node.target, cur.target))
     return pairs
+
+
+def _activation_kind_any(m: nn.Module) -> Optional[str]:
+    """As _activation_kind, plus the exact GELU: nn.GELU(approximate='none') and activation wrappers whose
+    ``act`` is torch.nn.functional.gelu (transformers' GELUActivation)."""
+    kind = _activation_kind(m)
+    if kind is not None:
+        return kind
+    if type(m) is nn.GELU and m.approximate == "none":
+        return "gelu"
+    if getattr(m, "act", None) is torch.nn.functional.gelu and not list(m.children()) and not list(m.parameters()):
+        return "gelu"
+    return None
+
+
+def find_activation_fusions_by_run(model: nn.Module, example_inputs, layer_types=(nn.Linear, nn.Conv2d),
+                                   layer_names: Optional[set] = None) -> Dict[str, Tuple[str, str]]:
+    """{layer name: (kind, activation module name)} for the layers whose output goes to an activation module
+    (ReLU, ReLU6, exact GELU) and nowhere else, found by running ``model`` once on ``example_inputs`` (a tensor,
+    a tuple of positional inputs or a dict of keyword inputs) and watching every torch function call: a layer's
+    output tensor must appear in exactly one call, the activation's. Works on models fx cannot trace (Hugging
+    Face transformers). As with find_fusions, an activation module qualifies only if every call of it does."""
+    from torch.overrides import TorchFunctionMode
+
+    outputs: Dict[int, Tuple[str, torch.Tensor]] = {}   # id(output) -> (layer, output kept alive)
+    uses: Counter = Counter()                            # id(output) -> torch-function calls that take it
+    layer_calls: Counter = Counter()
+    act_inputs: Dict[str, List[int]] = {}                # activation module -> ids of its inputs, per call
+    modules = dict(model.named_modules())
+
+    def walk(obj, seen):
+        if isinstance(obj, torch.Tensor):
+            if id(obj) in outputs:
+                seen.add(id(obj))
+        elif isinstance(obj, (list, tuple)):
+            for o in obj:
+                walk(o, seen)
+        elif isinstance(obj, dict):
+            for o in obj.values():
+                walk(o, seen)
+
+    class _Uses(TorchFunctionMode):
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            seen: set = set()
+            walk(args, seen)
+            walk(kwargs or {}, seen)
+            for i in seen:
+                uses[i] += 1
+            return func(*args, **(kwargs or {}))
+
+    handles = []
+    for name, m in modules.items():
+        if isinstance(m, layer_types) and (layer_names is None or name in layer_names):
+            def after(mod, args, out, name=name):
+                layer_calls[name] += 1
+                if isinstance(out, torch.Tensor):
+                    outputs[id(out)] = (name, out)
+            handles.append(m.register_forward_hook(after))
+        elif _activation_kind_any(m) is not None:
+            def before(mod, args, name=name):
+                act_inputs.setdefault(name, []).append(id(args[0]) if len(args) == 1 else -1)
+            handles.append(m.register_forward_pre_hook(before))
+    try:
+        with torch.no_grad(), _Uses():
+            if isinstance(example_inputs, dict):
+                model(**example_inputs)
+            elif isinstance(example_inputs, tuple):
+                model(*example_inputs)
+            else:
+                model(example_inputs)
+    finally:
+        for h in handles:
+            h.remove()
+    plan: Dict[str, Tuple[str, str]] = {}
+    for act_name, inputs in act_inputs.items():
+        layers = []
+        for i in inputs:
+            entry = outputs.get(i)
+            if entry is None or uses[i] != 1 or layer_calls[entry[0]] != 1:
+                layers = None
+                break
+            layers.append(entry[0])
+        if layers and len(set(layers)) == len(layers):
+            kind = _activation_kind_any(modules[act_name])
+            for layer in layers:
+                plan[layer] = (kind, act_name)
+    return plan

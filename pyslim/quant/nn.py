@@ -171,7 +171,7 @@ class Int8Linear(_Int8Base):
             raise ValueError(f"weight_int8 must be int8 of shape ({out_features}, {in_features}); got "
                              f"{weight_int8.dtype} {tuple(weight_int8.shape)}")
         if fused_activation not in I.ACTIVATIONS:
-            raise ValueError(f"fused_activation must be None, 'relu' or 'relu6'; got {fused_activation!r}")
+            raise ValueError(f"fused_activation must be None, 'relu', 'relu6' or 'gelu'; got {fused_activation!r}")
         dynamic, scale, zp = _activation_spec(activation)
         self.per_row, self.symmetric, self.fused_activation = per_row, symmetric, fused_activation
         self._init_common(weight_int8, weight_scale, bias, dynamic, scale, zp)
@@ -232,7 +232,7 @@ class Int8Conv2d(_Int8Base):
         self.kernel_size, self.stride = _pair(kernel_size), _pair(stride)
         self.padding, self.dilation = _pair(padding), _pair(dilation)
         if fused_activation not in I.ACTIVATIONS:
-            raise ValueError(f"fused_activation must be None, 'relu' or 'relu6'; got {fused_activation!r}")
+            raise ValueError(f"fused_activation must be None, 'relu', 'relu6' or 'gelu'; got {fused_activation!r}")
         self.fused_activation = fused_activation
         want = (out_channels, in_channels // groups, *self.kernel_size)
         if tuple(weight_int8.shape) != want or weight_int8.dtype != torch.int8:

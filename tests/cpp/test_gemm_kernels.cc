@@ -237,7 +237,7 @@ TEST(GemmKernels, EpilogueIsBitIdenticalAcrossPaths) {
   }
   row_scales[3] = std::nanf("");
   const GemmEpilogue::Kind kinds[] = {GemmEpilogue::kInt32, GemmEpilogue::kFloat32, GemmEpilogue::kQuantized};
-  const Activation acts[] = {Activation::kNone, Activation::kRelu, Activation::kRelu6};
+  const Activation acts[] = {Activation::kNone, Activation::kRelu, Activation::kRelu6, Activation::kGelu};
   for (Isa isa : usable_isas()) {
     const KernelTable& t = *kernel_table(isa);
     for (auto kind : kinds)

@@ -59,7 +59,21 @@ def test_gemm_hypothesis(isa, m, n, k, signed):
     assert torch.equal(ops.gemm_int8(a, packed, n), R.gemm_int32(a, w))
 
 
-@pytest.mark.parametrize("activation", [None, "relu", "relu6"])
+def test_gelu_epilogue_is_within_its_bound_of_torch_gelu(isa):
+    # An identity weight makes the epilogue's input exactly (a - zp) * scale for every uint8 a: the GELU of
+    # every representable activation, against float64 torch GELU; bound 2e-7 * |y| (kernels.h kGelu).
+    k = 256
+    w = torch.eye(k, dtype=torch.int8)
+    packed, col_sums = ops.pack_int8_weight(w)
+    a = torch.arange(256, dtype=torch.uint8).repeat(k, 1).t().contiguous()  # row r: r everywhere
+    for scale in (0.05, 0.01, 0.3):
+        y = ops.gemm_int8(a, packed, k, torch.float32, scale, 128, col_sums, torch.ones(k), None, "gelu")
+        x = (a.double() - 128) * torch.tensor(scale, dtype=torch.float32).double()  # the kernel's float scale
+        ref = torch.nn.functional.gelu(x)
+        assert float(((y.double() - ref).abs() - 2e-7 * x.abs() - 1e-30).max()) <= 0.0
+
+
+@pytest.mark.parametrize("activation", [None, "relu", "relu6", "gelu"])
 def test_gemm_float_and_requantized_epilogues(isa, threads, activation):
     m, n, k = 37, 70, 129
     w = int8(n, k)
@@ -70,7 +84,13 @@ def test_gemm_float_and_requantized_epilogues(isa, threads, activation):
     bias = torch.randn(n)
     y = ops.gemm_int8(a, packed, n, torch.float32, a_scale, a_zp, col_sums, wscale, bias, activation)
     ref = R.gemm_epilogue(R.gemm_int32(a, w), a_scale, a_zp, wscale, col_sums, bias, activation)
-    assert bool(((y - ref).abs() <= epilogue_tolerance(ref, bias)).all())
+    tol = epilogue_tolerance(ref, bias)
+    if activation == "gelu":
+        # the float epilogue's roundings of the pre-activation z (the GELU's slope is at most 1.13), plus the
+        # kernel's GELU bound 2e-7 * |z| (kernels.h kGelu)
+        z = R.gemm_epilogue(R.gemm_int32(a, w), a_scale, a_zp, wscale, col_sums, bias, None)
+        tol = 2 * epilogue_tolerance(z, bias) + 2e-7 * z.abs()
+    assert bool(((y - ref).abs() <= tol).all())
     for out_dtype, out_zp in ((torch.int8, -3), (torch.uint8, 128)):
         q = ops.gemm_int8(a, packed, n, out_dtype, a_scale, a_zp, col_sums, wscale, bias, activation, 0.05, out_zp)
         lo, hi = (-128, 127) if out_dtype == torch.int8 else (0, 255)

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from pyslim import ops
-from pyslim.quant.fuse import find_fusions, find_int8_chains
+from pyslim.quant.fuse import find_activation_fusions_by_run, find_fusions, find_int8_chains
 from pyslim.quant.nn import Int8Conv2d, Int8Linear
 from pyslim.quant.ptq import load_quantized_model, quant_post_static, quantized_layers, save_quantized_model
 
@@ -187,3 +187,68 @@ def test_int8_input_and_output_quant_errors():
         conv.set_output_quant((0.1, 300))
     with pytest.raises(TypeError, match="float32"):
         conv(torch.zeros(1, 4, 3, 3, dtype=torch.float64))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# quant_post_dynamic(optimize_model=True): activations found by a run (no fx trace needed)
+# ---------------------------------------------------------------------------------------------------------
+
+class FFN(nn.Module):
+    """Transformer-like: dense -> GELU module, one GELU module shared by two layers, a residual that reuses a
+    layer's output (not fusable), a functional GELU (not fusable) and data-dependent control flow (fx fails)."""
+
+    def __init__(self, d=32):
+        super().__init__()
+        self.up = nn.Linear(d, 4 * d)
+        self.act = nn.GELU()
+        self.down = nn.Linear(4 * d, d)
+        self.side = nn.Linear(d, d)
+        self.side_act = nn.ReLU()
+        self.shared = nn.ReLU6()
+        self.a = nn.Linear(d, d)
+        self.b = nn.Linear(d, d)
+        self.f = nn.Linear(d, d)
+
+    def forward(self, x):
+        h = self.down(self.act(self.up(x)))
+        s = self.side(x)
+        h = h + self.side_act(s) + s              # side's output has a second user: no fusion
+        h = h + self.shared(self.a(h)) + self.shared(self.b(h))  # one module after two layers: both fuse
+        if float(h.sum()) > -1e30:                # data-dependent: torch.fx cannot trace this model
+            h = h + F.gelu(self.f(h))             # functional: stays as it is
+        return h
+
+
+def test_activation_fusions_found_by_a_run():
+    torch.manual_seed(0)
+    model = FFN().eval()
+    x = torch.randn(4, 7, 32)
+    assert not find_fusions(model).traced
+    plan = find_activation_fusions_by_run(model, x)
+    assert plan == {"up": ("gelu", "act"), "a": ("relu6", "shared"), "b": ("relu6", "shared")}
+    assert find_activation_fusions_by_run(model, (x,)) == plan
+    # an approximate GELU is not the kernel's
+    model.act = nn.GELU(approximate="tanh")
+    assert "up" not in find_activation_fusions_by_run(model, x)
+
+
+def test_quant_post_dynamic_optimize_model_runs_gelu_in_the_kernel():
+    from pyslim.quant.dynamic import quant_post_dynamic
+
+    torch.manual_seed(0)
+    model = FFN().eval()
+    x = torch.randn(4, 7, 32)
+    with pytest.raises(ValueError, match="needs example_inputs"):
+        quant_post_dynamic(model, optimize_model=True)
+    plain = quant_post_dynamic(model)
+    fused = quant_post_dynamic(model, optimize_model=True, example_inputs=x)
+    assert fused.up.fused_activation == "gelu" and isinstance(fused.act, nn.Identity)
+    assert fused.a.fused_activation == "relu6" and fused.b.fused_activation == "relu6"
+    assert isinstance(fused.shared, nn.Identity)
+    assert fused.side.fused_activation is None and isinstance(fused.side_act, nn.ReLU)
+    assert fused.f.fused_activation is None and fused.down.fused_activation is None
+    with torch.no_grad():
+        ref, y_plain, y_fused = model(x), plain(x), fused(x)
+    scale = float(ref.abs().max())
+    assert float((y_fused - ref).abs().max()) < 0.05 * scale
+    assert float((y_fused - y_plain).abs().max()) < 0.02 * scale

@@ -67,6 +67,17 @@ def test_quant_post_dynamic_int8(minilm):
     assert cosine_report("quant_post_dynamic int8", q, batches, ref) >= 0.99
 
 
+def test_quant_post_dynamic_int8_gelu_in_the_kernel(minilm):
+    # optimize_model finds each FFN's Linear -> GELUActivation by a run (BERT is not fx-traceable) and moves the
+    # GELU into the int8 Linear's epilogue; the quality is unchanged.
+    model, batches, ref = minilm
+    q = quant_post_dynamic(model, optimize_model=True, example_inputs=dict(batches[0]))
+    fused = [name for name, m in q.named_modules() if isinstance(m, Int8Linear) and m.fused_activation == "gelu"]
+    assert fused == [f"encoder.layer.{i}.intermediate.dense" for i in range(6)]
+    assert all(isinstance(q.encoder.layer[i].intermediate.intermediate_act_fn, torch.nn.Identity) for i in range(6))
+    assert cosine_report("quant_post_dynamic int8, GELU fused", q, batches, ref) >= 0.99
+
+
 def test_quant_post_dynamic_int16(minilm):
     model, batches, ref = minilm
     q = quant_post_dynamic(model, weight_bits=16)
