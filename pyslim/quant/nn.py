@@ -87,6 +87,20 @@ class _Int8Base(nn.Module):
         self.output_quant: Optional[Tuple[float, int]] = None
         self.eval()
 
+    def set_int8_weight(self, weight_int8: Tensor, weight_scale: Tensor) -> None:
+        """Replaces the int8 weight and its per-output-channel scales (e.g. adaptively rounded ones,
+        pyslim.quant.adaround); same shapes and dtypes as the current ones. The packed form is rebuilt."""
+        if weight_int8.shape != self.weight_int8.shape or weight_int8.dtype != torch.int8:
+            raise ValueError(f"weight_int8 must be int8 of shape {tuple(self.weight_int8.shape)}; got "
+                             f"{weight_int8.dtype} {tuple(weight_int8.shape)}")
+        if weight_scale.shape != self.weight_scale.shape:
+            raise ValueError(f"weight_scale must have shape {tuple(self.weight_scale.shape)}")
+        with torch.no_grad():
+            self.weight_int8.copy_(weight_int8)
+            self.weight_scale.copy_(weight_scale.to(torch.float32))
+        self._packed = None
+        self._col_sums = None  # recomputed with the packing (and for depthwise layers)
+
     def set_output_quant(self, quant: Optional[Tuple[float, int]]) -> None:
         """Makes forward return int8, quantized with ``quant = (scale, zero_point)`` inside the kernel's
         epilogue — exactly ``pyslim.ops.quantize`` of the float output — instead of float32. Meant for a layer

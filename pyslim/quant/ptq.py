@@ -37,6 +37,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from pyslim.quant.adaround import adaround_weight, sample_conv_inputs
 from pyslim.quant.fuse import FusionPlan, find_fusions, find_int8_chains
 from pyslim.quant.nn import Int8Conv2d, Int8Linear, quantize_weight
 from pyslim.quant.observers import ALGORITHMS, ObserverBase, make_observer
@@ -168,8 +169,8 @@ def _find_layers(model: nn.Module, types: Tuple[type, ...], skip: Sequence[str]
 class _BiasError:
     """Accumulates E[(W_q - W) x] per output channel for empirical bias correction."""
 
-    def __init__(self, layer: nn.Module, pad, weight_quantize_type: str):
-        q, scale = quantize_weight(layer.weight, weight_quantize_type)
+    def __init__(self, layer: nn.Module, pad, weight_quantize_type: str, quantized: Optional[Tuple[Tensor, Tensor]] = None):
+        q, scale = quantized if quantized is not None else quantize_weight(layer.weight, weight_quantize_type)
         shape = (-1,) + (1,) * (q.dim() - 1)
         self.delta = (q.to(torch.float32) * scale.reshape(shape) - layer.weight.detach().to(torch.float32))
         self.layer, self.pad = layer, pad
@@ -230,6 +231,19 @@ def _total(data_loader, batch_nums: Optional[int]) -> Optional[int]:
 # ---------------------------------------------------------------------------------------------------------
 
 
+_ADAROUND_ROWS = 2048  # sampled input rows per layer for AdaRound
+_ADAROUND_ROWS_PER_BATCH = 256
+
+
+def _sample_rows(layer: nn.Module, x: Tensor, pad, count: int) -> Tensor:
+    """`count` random input rows of a layer: a Linear's input vectors, or a convolution's im2col patches."""
+    x = x.detach().to(torch.float32)
+    if isinstance(layer, nn.Linear):
+        rows = x.reshape(-1, x.shape[-1])
+        return rows[torch.randint(0, rows.shape[0], (min(count, rows.shape[0]),))]
+    return sample_conv_inputs(x, layer, count, pad)
+
+
 def _inner(m: nn.Module) -> nn.Module:
     return m.conv if isinstance(m, PaddedInt8Conv2d) else m
 
@@ -281,7 +295,7 @@ def quant_post_static(model: nn.Module, data_loader: Iterable, algo: str = "hist
                       weight_quantize_type: str = "channel_wise_abs_max", weight_bits: int = 8,
                       activation_bits: int = 8, is_full_quantize: bool = False, onnx_format: bool = True,
                       quantizable_layer_type: Sequence = ("Conv2d", "Linear"), skip_quant: Sequence[str] = (),
-                      progress: bool = True, optimize_model: bool = False) -> nn.Module:
+                      progress: bool = True, optimize_model: bool = False, round_type: str = "round") -> nn.Module:
     """Calibrates ``model`` on ``data_loader`` and returns a new int8 model (the input is left unchanged).
 
     Args:
@@ -303,6 +317,10 @@ def quant_post_static(model: nn.Module, data_loader: Iterable, algo: str = "hist
         quantizable_layer_type: which of ``'Conv2d'``, ``'Linear'`` to quantize.
         skip_quant: qualified module names to keep in float (a module with ``skip_quant = True`` is kept too).
         progress: show a tqdm progress bar.
+        round_type: ``'round'`` (weights to the nearest int8) or ``'adaround'`` (PaddleSlim's option: each weight
+            rounded down or up so that the layer's output on 2048 sampled calibration inputs moves least,
+            ``pyslim.quant.adaround``; slower: an optimisation per layer, and one more pass over the data with
+            ``bias_correction``).
         optimize_model: PaddleSlim's option: fold every ``BatchNorm2d`` into the convolution feeding it before
             calibration, and run a ``ReLU`` / ``ReLU6`` that follows an int8 layer inside its kernel
             (``fused_activation``) instead of as a separate pass; the chains are found in a ``torch.fx`` trace,
@@ -337,6 +355,9 @@ def quant_post_static(model: nn.Module, data_loader: Iterable, algo: str = "hist
                        ("optimize_model", optimize_model)):
         if not isinstance(value, bool):
             raise TypeError(f"{arg} must be a bool; got {value!r}")
+    if round_type not in ("round", "adaround"):
+        raise ValueError(f"round_type must be 'round' or 'adaround'; got {round_type!r}")
+    adaround = round_type == "adaround"
     if isinstance(skip_quant, str):
         skip_quant = (skip_quant,)
     types = _layer_types(quantizable_layer_type)
@@ -358,12 +379,13 @@ def quant_post_static(model: nn.Module, data_loader: Iterable, algo: str = "hist
 
     observers: Dict[str, ObserverBase] = {}
     bias_errors: Dict[str, _BiasError] = {}
-    state = {"bias_pass": False}
+    samples: Dict[str, List[Tensor]] = {name: [] for name, _, _ in layers}
+    state = {"bias_pass": False, "sample_pass": False}
     handles = []
     for name, layer, pad in layers:
         obs = make_observer(algo, name=name, bits=activation_bits, hist_percent=float(hist_percent))
         observers[name] = obs
-        if bias_correction:
+        if bias_correction and not adaround:  # with adaround: after the weights are chosen (below)
             bias_errors[name] = _BiasError(layer, pad, weight_quantize_type)
 
         def hook(module, args, obs=obs, pad=pad, name=name):
@@ -375,6 +397,8 @@ def quant_post_static(model: nn.Module, data_loader: Iterable, algo: str = "hist
             obs(x)
             if state["bias_pass"] and name in bias_errors:
                 bias_errors[name](args[0])
+            if state["sample_pass"]:
+                samples[name].append(_sample_rows(module, args[0], pad, _ADAROUND_ROWS_PER_BATCH))
 
         handles.append(layer.register_forward_pre_hook(hook))
 
@@ -386,6 +410,7 @@ def quant_post_static(model: nn.Module, data_loader: Iterable, algo: str = "hist
         with torch.no_grad():
             for p in range(passes):
                 state["bias_pass"] = p == passes - 1
+                state["sample_pass"] = adaround and p == passes - 1
                 desc = f"PTQ {algo}" + (f" pass {p + 1}/{passes}" if passes > 1 else "")
                 seen = 0
                 for batch in tqdm(_limited(data_loader, batch_nums), total=total, desc=desc, disable=not progress,
@@ -410,6 +435,25 @@ def quant_post_static(model: nn.Module, data_loader: Iterable, algo: str = "hist
             left[name] = "no calibration data"
         else:
             ready.append((name, layer, pad))
+    rounded: Dict[str, Tuple[Tensor, Tensor]] = {}
+    if adaround and ready:
+        for name, layer, pad in tqdm(ready, desc="AdaRound", disable=not progress, leave=False):
+            rows = torch.cat(samples[name])[:_ADAROUND_ROWS]
+            rounded[name] = adaround_weight(layer.weight, rows, getattr(layer, "groups", 1), weight_quantize_type)
+        logger.info("adaround: %d layers' weights rounded adaptively", len(rounded))
+        if bias_correction:  # the correction of the rounded weights: one more pass, observers untouched
+            bias_errors = {name: _BiasError(layer, pad, weight_quantize_type, rounded[name])
+                           for name, layer, pad in ready}
+            handles = [layer.register_forward_pre_hook(
+                (lambda name: lambda module, args: bias_errors[name](args[0]))(name)) for name, layer, _ in ready]
+            try:
+                with torch.no_grad():
+                    for batch in tqdm(_limited(data_loader, batch_nums), total=total, desc="bias correction",
+                                      disable=not progress, leave=False):
+                        _run_batch(work, batch)
+            finally:
+                for h in handles:
+                    h.remove()
     # An activation module runs inside the kernels only if every layer it follows is converted.
     converted_names = {name for name, _, _ in ready}
     by_act: Dict[str, List[str]] = {}
@@ -424,7 +468,11 @@ def quant_post_static(model: nn.Module, data_loader: Iterable, algo: str = "hist
         if name in bias_errors:
             err = bias_errors[name].mean()
             bias = (torch.zeros_like(err) if bias is None else bias) - err
-        _set_module(work, name, _int8_layer(layer, pad, weight_quantize_type, threshold, bias, fused.get(name)))
+        new = _int8_layer(layer, pad, weight_quantize_type, threshold, bias, fused.get(name))
+        if name in rounded:
+            q, scale = rounded[name]
+            _inner(new).set_int8_weight(q, scale)
+        _set_module(work, name, new)
         converted += 1
     for act_name, names in by_act.items():
         if all(n in fused for n in names):
