@@ -39,13 +39,13 @@ __all__ = ["FusionPlan", "find_fusions", "find_int8_chains", "find_activation_fu
 
 logger = logging.getLogger("pyslim.quant.fuse")
 
-_LEAVES = (nn.Conv2d, nn.Linear, nn.BatchNorm2d, nn.ReLU, nn.ReLU6, nn.Hardtanh)
+_LEAVES = (nn.Conv2d, nn.Linear, nn.BatchNorm2d, nn.ReLU, nn.ReLU6, nn.Hardtanh, nn.GELU)
 
 
 @dataclass
 class FusionPlan:
     """conv_bn: (conv, batch norm) module names to fold. activation: {layer name: (kind, activation module name)}
-    with kind 'relu' or 'relu6'; the activation module may be replaced by an identity once every layer that
+    with kind 'relu', 'relu6' or 'gelu'; the activation module may be replaced by an identity once every layer that
     names it runs the activation itself."""
 
     conv_bn: List[Tuple[str, str]] = field(default_factory=list)
@@ -113,7 +113,7 @@ def find_fusions(model: nn.Module, layer_names: Optional[set] = None) -> FusionP
     for name, end in ends.items():
         user = only_user(end)
         act = module_of(user) if user is not None else None
-        kind = _activation_kind(act) if act is not None else None
+        kind = _activation_kind_any(act) if act is not None else None
         if kind is not None and len(user.args) == 1 and not user.kwargs:
             candidates.setdefault(user.target, []).append((name, kind))
     for act_name, layers in candidates.items():

@@ -38,7 +38,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from pyslim.quant.adaround import adaround_weight, sample_conv_inputs
-from pyslim.quant.fuse import FusionPlan, find_fusions, find_int8_chains
+from pyslim.quant.fuse import FusionPlan, find_activation_fusions_by_run, find_fusions, find_int8_chains
 from pyslim.quant.nn import Int8Conv2d, Int8Linear, quantize_weight
 from pyslim.quant.observers import ALGORITHMS, ObserverBase, make_observer
 from pyslim.quant.qat import _fold_bn_into_conv
@@ -370,6 +370,15 @@ def quant_post_static(model: nn.Module, data_loader: Iterable, algo: str = "hist
             _fold_bn_into_conv(work.get_submodule(conv_name), work.get_submodule(bn_name))
             _set_module(work, bn_name, nn.Identity())
         logger.info("optimize_model: %d batch norms folded into convolutions", len(plan.conv_bn))
+        if not plan.traced:
+            # fx could not trace the model: find the activations to fuse by one run on the first batch instead
+            if not isinstance(data_loader, (list, tuple)) and iter(data_loader) is data_loader:
+                data_loader = list(_limited(data_loader, batch_nums))  # a one-shot iterator: keep its batches
+            first = next(iter(_limited(data_loader, batch_nums)), None)
+            if first is not None:
+                example = first[0] if isinstance(first, (tuple, list)) else first
+                plan.activation = find_activation_fusions_by_run(work, example)
+                logger.info("optimize_model: %d activations found by a run", len(plan.activation))
     layers, left = _find_layers(work, types, tuple(skip_quant))
     for name, reason in left.items():
         if reason != "skip_quant":

@@ -252,3 +252,28 @@ def test_quant_post_dynamic_optimize_model_runs_gelu_in_the_kernel():
     scale = float(ref.abs().max())
     assert float((y_fused - ref).abs().max()) < 0.05 * scale
     assert float((y_fused - y_plain).abs().max()) < 0.02 * scale
+
+
+def test_quant_post_static_falls_back_to_a_run_when_fx_cannot_trace():
+    torch.manual_seed(0)
+    model = FFN().eval()
+    batches = [torch.randn(4, 7, 32) for _ in range(3)]
+    q = quant_post_static(model, iter(batches), progress=False, optimize_model=True)  # a one-shot iterator
+    assert q.up.fused_activation == "gelu" and isinstance(q.act, nn.Identity)
+    assert q.a.fused_activation == "relu6" and isinstance(q.shared, nn.Identity)
+    assert q.side.fused_activation is None
+    x = torch.randn(4, 7, 32)
+    with torch.no_grad():
+        ref = model(x)
+        assert float((q(x) - ref).abs().max()) < 0.05 * float(ref.abs().max())
+
+
+def test_conv_gelu_is_fused_from_the_fx_trace():
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.GELU(), nn.Conv2d(8, 8, 3, padding=1)).eval()
+    assert find_fusions(model).activation == {"0": ("gelu", "1")}
+    q = quant_post_static(model, data(), progress=False, optimize_model=True)
+    assert q[0].fused_activation == "gelu" and isinstance(q[1], nn.Identity)
+    x = torch.randn(2, 3, 8, 8)
+    with torch.no_grad():
+        ref = model(x)
+        assert float((q(x) - ref).abs().max()) < 0.05 * float(ref.abs().max())
