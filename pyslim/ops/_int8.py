@@ -123,12 +123,22 @@ def _conv2d(native, x: Tensor, x_scale: float, x_zero_point: int, packed: Option
             out_channels: int, kernel_h: int, kernel_w: int, stride: List[int], padding: List[int],
             dilation: List[int], groups: int, activation: int, out_dtype: int, out_scale: float,
             out_zero_point: int) -> Tensor:
+    capsules = (_opt(packed), _opt(dw_weight), capsule(col_sums), capsule(weight_scale), _opt(bias))
+    return _conv2d_native(native, x.contiguous(), x_scale, x_zero_point, capsules, out_channels, kernel_h, kernel_w,
+                          list(stride), list(padding), list(dilation), groups, activation, out_dtype, out_scale,
+                          out_zero_point)
+
+
+def _conv2d_native(native, x: Tensor, x_scale: float, x_zero_point: int, capsules: tuple, out_channels: int,
+                   kernel_h: int, kernel_w: int, stride, padding, dilation, groups: int, activation: int,
+                   out_dtype: int, out_scale: float, out_zero_point: int) -> Tensor:
+    """Allocates the NHWC output and runs `native` (_C.conv2d_int8 or _C.conv2d_int8_float_input) on contiguous
+    x, with the constant operands (packed, dw_weight, col_sums, weight_scale, bias) as DLPack capsules."""
     n, h, w, _ = x.shape
     oh, ow = _conv_out_hw(h, w, (kernel_h, kernel_w), stride, padding, dilation)
     out = torch.empty(n, max(oh, 0), max(ow, 0), out_channels, dtype=_CODE_DTYPE[out_dtype])
-    native(capsule(x.contiguous()), x_scale, x_zero_point, _opt(packed), _opt(dw_weight), capsule(col_sums),
-           capsule(weight_scale), _opt(bias), capsule(out), out_channels, kernel_h, kernel_w, list(stride),
-           list(padding), list(dilation), groups, activation, out_scale, out_zero_point, get_num_threads())
+    native(capsule(x), x_scale, x_zero_point, *capsules, capsule(out), out_channels, kernel_h, kernel_w, stride,
+           padding, dilation, groups, activation, out_scale, out_zero_point, get_num_threads())
     return out
 
 
@@ -198,14 +208,9 @@ def conv2d_int8_cached(x: Tensor, x_scale: float, x_zero_point: int, capsules: t
     """The direct native call of conv2d_int8_direct with the constant operands given as ready DLPack capsules
     (packed, dw_weight, col_sums, weight_scale, bias; see Int8Conv2d._constant_capsules). x must be contiguous
     NHWC and direct_call_ok(x) true."""
-    n, h, w, _ = x.shape
-    oh, ow = _conv_out_hw(h, w, (kernel_h, kernel_w), stride, padding, dilation)
-    out = torch.empty(n, max(oh, 0), max(ow, 0), out_channels, dtype=_CODE_DTYPE[out_dtype])
     native = _C.conv2d_int8_float_input if x.dtype == torch.float32 else _C.conv2d_int8
-    native(capsule(x), x_scale, x_zero_point, capsules[0], capsules[1], capsules[2], capsules[3], capsules[4],
-           capsule(out), out_channels, kernel_h, kernel_w, stride, padding, dilation, groups, activation, out_scale,
-           out_zero_point, get_num_threads())
-    return out
+    return _conv2d_native(native, x, x_scale, x_zero_point, capsules, out_channels, kernel_h, kernel_w, stride,
+                          padding, dilation, groups, activation, out_dtype, out_scale, out_zero_point)
 
 
 def conv2d_int8_float_input(x: Tensor, *args) -> Tensor:
