@@ -54,19 +54,30 @@ class FusionPlan:
 
 
 class _Tracer(fx.Tracer):
-    # Convolutions (subclasses with their own forward included), linears, batch norms and activations stay
-    # single call_module nodes, so their names can be matched against the model's modules.
+    # The given module types (subclasses with their own forward included) stay single call_module nodes, so
+    # their names can be matched against the model's modules.
+    def __init__(self, leaves: tuple):
+        super().__init__()
+        self.leaves = leaves
+
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
-        return isinstance(m, _LEAVES) or super().is_leaf_module(m, module_qualified_name)
+        return isinstance(m, self.leaves) or super().is_leaf_module(m, module_qualified_name)
 
 
 def _activation_kind(m: nn.Module) -> Optional[str]:
+    """'relu', 'relu6' or 'gelu' for an activation module the int8 epilogue can run, else None: nn.ReLU, nn.ReLU6,
+    nn.Hardtanh(0, 6), the exact nn.GELU(approximate='none') and activation wrappers whose ``act`` is
+    torch.nn.functional.gelu (transformers' GELUActivation)."""
     if type(m) is nn.ReLU:
         return "relu"
     if type(m) is nn.ReLU6:
         return "relu6"
     if type(m) is nn.Hardtanh and float(m.min_val) == 0.0 and float(m.max_val) == 6.0:
         return "relu6"
+    if type(m) is nn.GELU and m.approximate == "none":
+        return "gelu"
+    if getattr(m, "act", None) is torch.nn.functional.gelu and not list(m.children()) and not list(m.parameters()):
+        return "gelu"
     return None
 
 
@@ -75,7 +86,7 @@ def find_fusions(model: nn.Module, layer_names: Optional[set] = None) -> FusionP
     (convs / linears, by qualified name) that may take a batch norm or an activation."""
     plan = FusionPlan()
     try:
-        graph = _Tracer().trace(model)
+        graph = _Tracer(_LEAVES).trace(model)
     except Exception as exc:  # fx cannot trace every model (data-dependent control flow, ...)
         logger.warning("optimize_model: torch.fx could not trace %s (%s: %s); no layer fusion",
                        type(model).__name__, type(exc).__name__, exc)
@@ -113,7 +124,7 @@ def find_fusions(model: nn.Module, layer_names: Optional[set] = None) -> FusionP
     for name, end in ends.items():
         user = only_user(end)
         act = module_of(user) if user is not None else None
-        kind = _activation_kind_any(act) if act is not None else None
+        kind = _activation_kind(act) if act is not None else None
         if kind is not None and len(user.args) == 1 and not user.kwargs:
             candidates.setdefault(user.target, []).append((name, kind))
     for act_name, layers in candidates.items():
@@ -134,12 +145,8 @@ def find_int8_chains(model: nn.Module) -> List[Tuple[str, str]]:
 
     int8_types = (Int8Conv2d, Int8Linear, PaddedInt8Conv2d)
 
-    class _Int8Tracer(fx.Tracer):
-        def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
-            return isinstance(m, int8_types + (nn.Identity,)) or super().is_leaf_module(m, qualname)
-
     try:
-        graph = _Int8Tracer().trace(model)
+        graph = _Tracer(int8_types + (nn.Identity,)).trace(model)
     except Exception as exc:
         logger.warning("optimize_model: torch.fx could not trace the int8 %s (%s: %s); layers exchange float32",
                        type(model).__name__, type(exc).__name__, exc)
@@ -169,19 +176,6 @@ def find_int8_chains(model: nn.Module) -> List[Tuple[str, str]]:
                 and not (isinstance(inner(producer), Int8Linear) and inner(producer).dynamic)):
             pairs.append((node.target, cur.target))
     return pairs
-
-
-def _activation_kind_any(m: nn.Module) -> Optional[str]:
-    """As _activation_kind, plus the exact GELU: nn.GELU(approximate='none') and activation wrappers whose
-    ``act`` is torch.nn.functional.gelu (transformers' GELUActivation)."""
-    kind = _activation_kind(m)
-    if kind is not None:
-        return kind
-    if type(m) is nn.GELU and m.approximate == "none":
-        return "gelu"
-    if getattr(m, "act", None) is torch.nn.functional.gelu and not list(m.children()) and not list(m.parameters()):
-        return "gelu"
-    return None
 
 
 def find_activation_fusions_by_run(model: nn.Module, example_inputs, layer_types=(nn.Linear, nn.Conv2d),
@@ -227,7 +221,7 @@ def find_activation_fusions_by_run(model: nn.Module, example_inputs, layer_types
                 if isinstance(out, torch.Tensor):
                     outputs[id(out)] = (name, out)
             handles.append(m.register_forward_hook(after))
-        elif _activation_kind_any(m) is not None:
+        elif _activation_kind(m) is not None:
             def before(mod, args, name=name):
                 act_inputs.setdefault(name, []).append(id(args[0]) if len(args) == 1 else -1)
             handles.append(m.register_forward_pre_hook(before))
@@ -252,7 +246,7 @@ def find_activation_fusions_by_run(model: nn.Module, example_inputs, layer_types
                 break
             layers.append(entry[0])
         if layers and len(set(layers)) == len(layers):
-            kind = _activation_kind_any(modules[act_name])
+            kind = _activation_kind(modules[act_name])
             for layer in layers:
                 plan[layer] = (kind, act_name)
     return plan
