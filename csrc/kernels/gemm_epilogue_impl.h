@@ -66,6 +66,16 @@ inline float epi_activate(float y) {
   return y;
 }
 
+// The quantize op's rounding, zero point and saturation of a float output (NaN -> the zero point). Ternaries
+// rather than fminf / fmaxf (library calls, which kept the loops scalar); same values: NaN is caught first,
+// and for numbers the clamp is the same.
+inline float epi_requantize(float y, float inv_out_scale, float lo, float hi, float out_zp) {
+  float q = __builtin_nearbyintf(y * inv_out_scale) + out_zp;
+  q = q != q ? out_zp : q;
+  q = q < lo ? lo : q;
+  return q > hi ? hi : q;
+}
+
 template <GemmEpilogue::Kind kind, Activation act>
 inline void epi_store(float y, const GemmEpilogue& e, float inv_out_scale, float lo, float hi, float out_zp, void* out,
                       int64_t index) {
@@ -74,12 +84,7 @@ inline void epi_store(float y, const GemmEpilogue& e, float inv_out_scale, float
     static_cast<float*>(out)[index] = y;
     return;
   }
-  // Ternaries rather than fminf / fmaxf (library calls, which kept this loop scalar); same values: NaN is
-  // caught first, and for numbers the clamp is the same.
-  float q = __builtin_nearbyintf(y * inv_out_scale) + out_zp;
-  q = q != q ? out_zp : q;
-  q = q < lo ? lo : q;
-  q = q > hi ? hi : q;
+  const float q = epi_requantize(y, inv_out_scale, lo, hi, out_zp);
   if (e.out_signed) {
     static_cast<int8_t*>(out)[index] = static_cast<int8_t>(static_cast<int32_t>(q));
   } else {
@@ -87,19 +92,14 @@ inline void epi_store(float y, const GemmEpilogue& e, float inv_out_scale, float
   }
 }
 
-// One requantized output: y = act(float(a - zp * cs) * multiplier [+ bias]), then epi_store's quantization.
+// One requantized output: y = act(float(a - zp * cs) * multiplier [+ bias]), then epi_requantize.
 // With has_bias false the addition is skipped (y + 0.0f would turn -0.0 into +0.0).
 template <typename Q, Activation act>
 inline Q epi_quantize(int32_t a, int32_t zp, int32_t cs, float multiplier, float bias, bool has_bias, float inv,
                       float lo, float hi, float out_zp) {
   float y = static_cast<float>(a - zp * cs) * multiplier;
   y = has_bias ? y + bias : y;
-  y = epi_activate<act>(y);
-  float q = __builtin_nearbyintf(y * inv) + out_zp;
-  q = q != q ? out_zp : q;
-  q = q < lo ? lo : q;
-  q = q > hi ? hi : q;
-  return static_cast<Q>(static_cast<int32_t>(q));
+  return static_cast<Q>(static_cast<int32_t>(epi_requantize(epi_activate<act>(y), inv, lo, hi, out_zp)));
 }
 
 template <GemmEpilogue::Kind kind, Activation act>
