@@ -125,28 +125,6 @@ CONVS = [
 ]
 
 
-@pytest.mark.parametrize("cfg", CONVS, ids=str)
-def test_conv_matches_exact_reference(isa, threads, cfg):
-    cin, cout, kernel, stride, padding, dilation, groups, h, w_ = cfg
-    x = torch.randint(-128, 128, (2, h, w_, cin), dtype=torch.int8)
-    w = int8(cout, cin // groups, *kernel, lo=-127)
-    wscale = torch.rand(cout) * 0.02 + 1e-3
-    bias = torch.randn(cout)
-    x_scale, x_zp = 0.03, -7
-    depthwise = groups == cin == cout and groups > 1
-    if depthwise:
-        packed, dw = None, w[:, 0].permute(1, 2, 0).contiguous()
-        col_sums = w.sum(dim=(1, 2, 3), dtype=torch.int32)
-    else:
-        packed, col_sums = ops.pack_int8_weight(w.permute(0, 2, 3, 1).reshape(cout, -1).contiguous(), groups)
-        dw = None
-    y = I.conv2d_int8_op(x, x_scale, x_zp, packed, dw, col_sums, wscale, bias, cout, kernel[0], kernel[1],
-                         list(stride), list(padding), list(dilation), groups, 0)
-    ref = R.conv2d_int8(x, x_scale, x_zp, w, wscale, bias, stride, padding, dilation, groups)
-    assert y.shape == ref.shape
-    assert bool(((y - ref).abs() <= epilogue_tolerance(ref, bias) + 1e-6).all())
-
-
 LARGE_CONVS = [
     # Many pixels: several pixel blocks per call, a partial last block, padding on every side.
     (16, 24, (3, 3), (1, 1), (1, 1), (1, 1), 1, 29, 31),
@@ -163,21 +141,25 @@ LARGE_CONVS = [
 ]
 
 
-@pytest.mark.parametrize("cfg", LARGE_CONVS, ids=str)
-def test_large_conv_matches_exact_reference(isa, threads, cfg):
-    cin, cout, kernel, stride, padding, dilation, groups, h, w_ = cfg
-    x = torch.randint(-128, 128, (2, h, w_, cin), dtype=torch.int8)
-    w = int8(cout, cin // groups, *kernel, lo=-127)
+def conv_weights(cout, cin_g, kernel, groups, depthwise):
+    """int8 weight, scales, bias, and the operands the conv ops take: (packed, dw_weight, col_sums)."""
+    w = int8(cout, cin_g, *kernel, lo=-127)
     wscale = torch.rand(cout) * 0.02 + 1e-3
     bias = torch.randn(cout)
-    x_scale, x_zp = 0.03, 5
-    depthwise = groups == cin == cout and groups > 1
     if depthwise:
-        packed, dw = None, w[:, 0].permute(1, 2, 0).contiguous()
-        col_sums = w.sum(dim=(1, 2, 3), dtype=torch.int32)
-    else:
-        packed, col_sums = ops.pack_int8_weight(w.permute(0, 2, 3, 1).reshape(cout, -1).contiguous(), groups)
-        dw = None
+        return w, wscale, bias, None, w[:, 0].permute(1, 2, 0).contiguous(), w.sum(dim=(1, 2, 3), dtype=torch.int32)
+    packed, col_sums = ops.pack_int8_weight(w.permute(0, 2, 3, 1).reshape(cout, -1).contiguous(), groups)
+    return w, wscale, bias, packed, None, col_sums
+
+
+# The small shapes with a negative zero point, the large ones with a positive one.
+@pytest.mark.parametrize("cfg,x_zp", [(c, -7) for c in CONVS] + [(c, 5) for c in LARGE_CONVS], ids=str)
+def test_conv_matches_exact_reference(isa, threads, cfg, x_zp):
+    cin, cout, kernel, stride, padding, dilation, groups, h, w_ = cfg
+    x = torch.randint(-128, 128, (2, h, w_, cin), dtype=torch.int8)
+    x_scale = 0.03
+    depthwise = groups == cin == cout and groups > 1
+    w, wscale, bias, packed, dw, col_sums = conv_weights(cout, cin // groups, kernel, groups, depthwise)
     y = I.conv2d_int8_op(x, x_scale, x_zp, packed, dw, col_sums, wscale, bias, cout, kernel[0], kernel[1],
                          list(stride), list(padding), list(dilation), groups, 0)
     ref = R.conv2d_int8(x, x_scale, x_zp, w, wscale, bias, stride, padding, dilation, groups)
@@ -193,17 +175,9 @@ def test_conv_float_input_is_quantize_then_conv(isa, threads, cfg):
     x = torch.randn(2, h, w_, cin) * 3
     x.view(-1)[::97] = float("nan")
     x.view(-1)[5::89] = 1e6
-    w = int8(cout, cin // groups, *kernel, lo=-127)
-    wscale = torch.rand(cout) * 0.02 + 1e-3
-    bias = torch.randn(cout)
     x_scale, x_zp = 0.021, -3
     depthwise = groups == cin == cout and groups > 1
-    if depthwise:
-        packed, dw = None, w[:, 0].permute(1, 2, 0).contiguous()
-        col_sums = w.sum(dim=(1, 2, 3), dtype=torch.int32)
-    else:
-        packed, col_sums = ops.pack_int8_weight(w.permute(0, 2, 3, 1).reshape(cout, -1).contiguous(), groups)
-        dw = None
+    _, wscale, bias, packed, dw, col_sums = conv_weights(cout, cin // groups, kernel, groups, depthwise)
     args = (packed, dw, col_sums, wscale, bias, cout, kernel[0], kernel[1], list(stride), list(padding),
             list(dilation), groups, 1)
     want = I.conv2d_int8_op(ops.quantize(x, x_scale, x_zp, dtype=torch.int8), x_scale, x_zp, *args)
