@@ -37,19 +37,6 @@ inline void dynamic_params(bool symmetric, float lo, float hi, float* scale, int
 
 inline int64_t round_up(int64_t v, int64_t m) { return (v + m - 1) / m * m; }
 
-// memcpy for the short runs of im2col (a few channels to a few hundred bytes): 16-byte chunks the compiler
-// inlines as plain vector moves. A libc memcpy call per run cost ~15% of a 3x3 convolution.
-inline void copy_run(uint8_t* dst, const uint8_t* src, int64_t n) {
-  int64_t i = 0;
-  for (; i + 16 <= n; i += 16) std::memcpy(dst + i, src + i, 16);
-  if (i < n) {
-    if (n >= 16) {
-      std::memcpy(dst + n - 16, src + n - 16, 16);  // overlaps bytes already copied: same values
-    } else {
-      for (; i < n; ++i) dst[i] = src[i];
-    }
-  }
-}
 inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
 // An uninitialised int32 block of rows x (n_end - n_begin) in the thread's scratch, addressed by absolute
@@ -356,14 +343,14 @@ void conv2d_nhwc(const KernelTable& k, const void* x, bool x_signed, int32_t pad
         const int64_t ih = oh * s.stride_h - s.pad_h + i * s.dilation_h;
         const bool row_in = ih >= 0 && ih < s.in_h;
         if (row_runs && row_in && w_inside) {
-          copy_run(dst, xb + ((b * s.in_h + ih) * s.in_w + iw0) * s.in_c, s.kernel_w * cin_g);
+          std::memcpy(dst, xb + ((b * s.in_h + ih) * s.in_w + iw0) * s.in_c, static_cast<size_t>(s.kernel_w * cin_g));
           dst += s.kernel_w * cin_g;
           continue;
         }
         for (int64_t j = 0; j < s.kernel_w; ++j, dst += cin_g) {
           const int64_t iw = iw0 + j * s.dilation_w;
           if (row_in && iw >= 0 && iw < s.in_w) {
-            copy_run(dst, xb + ((b * s.in_h + ih) * s.in_w + iw) * s.in_c + g * cin_g, cin_g);
+            std::memcpy(dst, xb + ((b * s.in_h + ih) * s.in_w + iw) * s.in_c + g * cin_g, static_cast<size_t>(cin_g));
           } else {
             std::memset(dst, pad_byte, static_cast<size_t>(cin_g));
           }
