@@ -16,11 +16,6 @@ namespace pyslim {
 namespace binding {
 namespace {
 
-int threads_arg(int threads) {
-  if (threads < 1) throw py::value_error("threads must be >= 1; got " + std::to_string(threads));
-  return threads;
-}
-
 void require_cpu(const TensorArg& t) {
   if (t.on_cuda())
     throw py::value_error(t.name + " is a CUDA tensor; the calibration statistics run on the CPU (move it with "

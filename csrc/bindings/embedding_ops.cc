@@ -22,11 +22,6 @@ void require_cpu(const TensorArg& t) {
                                    "layer uses its pure-torch path for other devices)");
 }
 
-int threads_arg(int threads) {
-  if (threads < 1) throw py::value_error("threads must be >= 1; got " + std::to_string(threads));
-  return threads;
-}
-
 struct Lookup {
   TensorArg table, indices, out;
   int64_t num_rows = 0, dim = 0, count = 0;

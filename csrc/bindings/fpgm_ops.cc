@@ -31,7 +31,7 @@ void fpgm_scores_binding(const py::capsule& weight_cap, const py::capsule& out_c
   if (out.ndim() != 1 || out.t->shape[0] != C)
     throw py::value_error("out must have shape (" + std::to_string(C) + ",) (one score per row of weight); got " +
                           out.shape_string());
-  if (threads < 1) throw py::value_error("threads must be >= 1; got " + std::to_string(threads));
+  threads_arg(threads);
   if (w.on_cuda()) {
 #if defined(PYSLIM_WITH_CUDA)
     py::gil_scoped_release release;

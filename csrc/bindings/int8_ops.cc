@@ -56,11 +56,6 @@ std::optional<TensorArg> optional_arg(const std::optional<py::capsule>& cap, con
   return tensor_arg(*cap, name);
 }
 
-int threads_arg(int threads) {
-  if (threads < 1) throw py::value_error("threads must be >= 1; got " + std::to_string(threads));
-  return threads;
-}
-
 Activation activation_arg(int a) {
   if (a < 0 || a > 3) throw py::value_error("activation must be 0 (none), 1 (relu), 2 (relu6) or 3 (gelu); got " +
                                             std::to_string(a));

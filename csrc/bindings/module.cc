@@ -49,11 +49,6 @@ int32_t bin_for_bits(int bits) {
   return (int32_t{1} << (bits - 1)) - 1;
 }
 
-int thread_count(int threads) {
-  if (threads < 1) throw py::value_error("threads must be >= 1; got " + std::to_string(threads));
-  return threads;
-}
-
 void require_cuda_built(const TensorArg& x) {
 #if !defined(PYSLIM_WITH_CUDA)
   if (x.on_cuda())
@@ -150,7 +145,7 @@ void abs_max(const py::capsule& x_cap, const py::capsule& out_cap, OptAxis axis,
   const TensorArg out = tensor_arg(out_cap, "out");
   out.require_dtype(DType::kFloat32).require_contiguous().require_same_device(x).require_numel(l.channels,
                                                                                               "one per channel");
-  thread_count(threads);
+  threads_arg(threads);
   py::gil_scoped_release release;
 #if defined(PYSLIM_WITH_CUDA)
   if (x.on_cuda()) return cuda::abs_max_channels(x.ptr<float>(), l, out.ptr<float>(), stream);
@@ -176,7 +171,7 @@ void fake_quant_symmetric_impl(const py::capsule& x_cap, const py::capsule& y_ca
   const int32_t bin = bin_for_bits(bits);
   const RoundMode rm = round_mode(round);
   const GradMask gm = mask ? grad_mask(mask_kind) : GradMask::kNone;
-  thread_count(threads);
+  threads_arg(threads);
   uint8_t* bits_out = mask ? mask->ptr<uint8_t>() : nullptr;
   py::gil_scoped_release release;
 #if defined(PYSLIM_WITH_CUDA)
@@ -223,7 +218,7 @@ void moving_average_abs_max_update_op(const py::capsule& x_cap, const py::capsul
     b->require_dtype(DType::kFloat32).require_contiguous().require_same_device(x).require_numel(1, "a scalar buffer");
   if (!(moving_rate >= 0.0 && moving_rate < 1.0))
     throw py::value_error("moving_rate must be in [0, 1); got " + std::to_string(moving_rate));
-  thread_count(threads);
+  threads_arg(threads);
   py::gil_scoped_release release;
   const float r = static_cast<float>(moving_rate);
 #if defined(PYSLIM_WITH_CUDA)
@@ -258,7 +253,7 @@ void fake_quant_symmetric_backward_op(const py::capsule& x_cap, const py::capsul
   const int32_t bin = bin_for_bits(bits);
   const RoundMode rm = round_mode(round);
   const GradMask gm = grad_mask(mask);
-  thread_count(threads);
+  threads_arg(threads);
   double* gs = grad_scale ? grad_scale->ptr<double>() : nullptr;
   py::gil_scoped_release release;
 #if defined(PYSLIM_WITH_CUDA)
@@ -287,7 +282,7 @@ void fake_quant_affine_impl(const py::capsule& x_cap, const py::capsule& y_cap, 
   require_positive_scales(scale);
   require_zero_points(zp, static_cast<int32_t>(qmin), static_cast<int32_t>(qmax));
   const RoundMode rm = round_mode(round);
-  thread_count(threads);
+  threads_arg(threads);
   const auto lo = static_cast<int32_t>(qmin), hi = static_cast<int32_t>(qmax);
   uint8_t* bits_out = mask ? mask->ptr<uint8_t>() : nullptr;
   py::gil_scoped_release release;
@@ -335,7 +330,7 @@ void fake_quant_affine_backward_op(const py::capsule& x_cap, const py::capsule& 
   const RoundMode rm = round_mode(round);
   const GradMask gm = grad_mask(mask);
   if (gm == GradMask::kStrict) throw py::value_error("grad_mask 2 (strict) is not defined for affine fake quantization");
-  thread_count(threads);
+  threads_arg(threads);
   double* gs = grad_scale ? grad_scale->ptr<double>() : nullptr;
   double* gz = grad_zp ? grad_zp->ptr<double>() : nullptr;
   py::gil_scoped_release release;
@@ -379,7 +374,7 @@ void apply_grad_mask_op(const py::capsule& grad_cap, const py::capsule& mask_cap
   const TensorArg grad_x = output_like(grad_x_cap, "grad_x", grad, DType::kFloat32);
   require_no_partial_overlap(grad, grad_x);
   const TensorArg mask = mask_arg(mask_cap, grad, {&grad, &grad_x});
-  thread_count(threads);
+  threads_arg(threads);
   py::gil_scoped_release release;
 #if defined(PYSLIM_WITH_CUDA)
   if (grad.on_cuda())
@@ -408,7 +403,7 @@ void quantize_op(const py::capsule& x_cap, const py::capsule& q_cap, const py::c
   require_positive_scales(scale);
   require_zero_points(zp, static_cast<int32_t>(qmin), static_cast<int32_t>(qmax));
   const RoundMode rm = round_mode(round);
-  thread_count(threads);
+  threads_arg(threads);
   const auto lo = static_cast<int32_t>(qmin), hi = static_cast<int32_t>(qmax);
   py::gil_scoped_release release;
 #if defined(PYSLIM_WITH_CUDA)
@@ -443,7 +438,7 @@ void dequantize_op(const py::capsule& q_cap, const py::capsule& y_cap, const py:
   const TensorArg zp = tensor_arg(zp_cap, "zero_point");
   require_params(q, l, scale, &zp);
   require_positive_scales(scale);
-  thread_count(threads);
+  threads_arg(threads);
   py::gil_scoped_release release;
 #if defined(PYSLIM_WITH_CUDA)
   if (q.on_cuda()) {

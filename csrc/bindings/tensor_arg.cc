@@ -91,6 +91,11 @@ const TensorArg& TensorArg::require_same_device(const TensorArg& other) const {
   return *this;
 }
 
+int threads_arg(int threads) {
+  if (threads < 1) throw py::value_error("threads must be >= 1; got " + std::to_string(threads));
+  return threads;
+}
+
 TensorArg tensor_arg(const py::capsule& capsule, const char* name) {
   const char* cap_name = capsule.name();
   if (cap_name == nullptr || std::string(cap_name) != "dltensor")

@@ -47,6 +47,9 @@ struct TensorArg {
   const TensorArg& require_same_device(const TensorArg& other) const;
 };
 
+// The `threads` argument of a native op: >= 1, else ValueError.
+int threads_arg(int threads);
+
 // Parses a "dltensor" capsule; rejects devices other than CPU and CUDA.
 TensorArg tensor_arg(const py::capsule& capsule, const char* name);
 
