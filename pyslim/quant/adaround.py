@@ -6,9 +6,14 @@ as little as possible, instead of rounding each weight to the nearest grid point
 The grid is the symmetric int8 one of ``pyslim.quant.nn.quantize_weight`` (scale ``max|W| / 127`` per output
 channel or per tensor). With ``w = s * clip(floor(W / s) + h(V), -127, 127)`` and the rectified sigmoid
 ``h(V) = clip(sigmoid(V) * 1.2 - 0.1, 0, 1)``, V starts where ``h`` equals the fractional part of ``W / s``
-(the float weights) and Adam minimises ``||X w^T - X W^T||^2 / ||X W^T||^2 + lambda * mean(1 - |2h - 1|^beta)``
-over sampled input rows X, the regulariser (off for the first fifth of the steps, then with beta annealed
-from 20 to 2) pushing every h to 0 or 1. The result is rounded: h >= 0.5 rounds up.
+(the float weights) and Adam minimises ``||f(X w^T + b) - f(X W^T + b)||^2 / ||f(X W^T + b)||^2 + lambda *
+mean(1 - |2h - 1|^beta)`` over sampled input rows X, the regulariser (off for the first fifth of the steps, then
+with beta annealed from 20 to 2) pushing every h to 0 or 1. The result is rounded: h >= 0.5 rounds up.
+
+``f`` is the activation that follows the layer (ReLU, ReLU6, GELU), as in the paper's "asymmetric
+reconstruction", or the identity. It matters after batch-norm folding: a channel whose folded weights are
+large produces outputs far outside ReLU6's [0, 6]; there its rounding error is clipped away, and a plain
+output MSE, dominated by those channels, would spend the rounding choices on errors nobody sees.
 
 Example::
 
@@ -39,8 +44,17 @@ def _h(v: Tensor) -> Tensor:
     return torch.clamp(torch.sigmoid(v) * (_ZETA - _GAMMA) + _GAMMA, 0.0, 1.0)
 
 
+_ACTIVATIONS = {
+    None: lambda t: t,
+    "relu": torch.relu,
+    "relu6": lambda t: torch.clamp(t, 0.0, 6.0),
+    "gelu": torch.nn.functional.gelu,
+}
+
+
 def adaround_weight(weight: Tensor, inputs: Tensor, groups: int = 1, weight_quantize_type: str = "channel_wise_abs_max",
-                    iterations: int = 500, lr: float = 1e-2, reg: float = 0.01) -> Tuple[Tensor, Tensor]:
+                    iterations: int = 500, lr: float = 1e-2, reg: float = 0.01, bias: Optional[Tensor] = None,
+                    activation: Optional[str] = None) -> Tuple[Tensor, Tensor]:
     """Adaptively rounded int8 weights.
 
     Args:
@@ -50,6 +64,9 @@ def adaround_weight(weight: Tensor, inputs: Tensor, groups: int = 1, weight_quan
         groups: the convolution's groups (group g uses columns [g*K, (g+1)*K) and outputs [g*Cout/groups, ...)).
         weight_quantize_type: ``'channel_wise_abs_max'`` or ``'abs_max'`` (the grid, as ``quantize_weight``).
         iterations, lr, reg: Adam steps, learning rate and the regulariser's weight lambda.
+        bias: the layer's float bias (Cout,), added before ``activation``; None for none.
+        activation: the activation after the layer, applied to both outputs in the loss: None, ``'relu'``,
+            ``'relu6'`` or ``'gelu'``.
 
     Returns ``(int8 weight of weight's shape, float32 scale per output channel)``: the same scale as
     ``quantize_weight``, with each weight rounded down or up (never further).
@@ -64,6 +81,13 @@ def adaround_weight(weight: Tensor, inputs: Tensor, groups: int = 1, weight_quan
                          f"{tuple(inputs.shape)}")
     if iterations < 1:
         raise ValueError(f"iterations must be >= 1; got {iterations}")
+    if activation not in _ACTIVATIONS:
+        raise ValueError(f"activation must be None, 'relu', 'relu6' or 'gelu'; got {activation!r}")
+    if bias is not None and (not isinstance(bias, Tensor) or tuple(bias.shape) != (cout,)):
+        raise ValueError(f"bias must be a ({cout},) tensor or None; got "
+                         f"{tuple(bias.shape) if isinstance(bias, Tensor) else type(bias).__name__}")
+    f = _ACTIVATIONS[activation]
+    b = (torch.zeros(cout) if bias is None else bias.detach().to(torch.float32)).reshape(groups, cout // groups)
     _, scale = quantize_weight(weight, weight_quantize_type)
     s = scale.reshape(cout, 1)
     ratio = w2 / s
@@ -74,15 +98,27 @@ def adaround_weight(weight: Tensor, inputs: Tensor, groups: int = 1, weight_quan
     v = torch.log(p / (1 - p)).requires_grad_(True)
     x = inputs.detach().to(torch.float32).reshape(inputs.shape[0], groups, k)
     wg = w2.reshape(groups, cout // groups, k)
+    n = x.shape[0]
+    # Without an activation the loss is a quadratic form in D = w - W: ||X D^T||^2 = tr(D G D^T) with the
+    # Gram matrix G = X^T X per group, k x k instead of n rows per step (the same objective, up to rounding).
+    gram = activation is None and k < n
     with torch.no_grad():
-        target = torch.einsum("ngk,gok->ngo", x, wg)
+        target = f(torch.einsum("ngk,gok->ngo", x, wg) + b)
         norm = target.pow(2).mean().clamp(min=1e-30)
+        if gram:
+            g = torch.einsum("ngk,ngl->gkl", x.double(), x.double()).to(torch.float32)
+            count = float(n * cout)
+            del target
     opt = torch.optim.Adam([v], lr=lr)
     warmup = iterations // 5
     for it in range(iterations):
         q = torch.clamp(base + _h(v), -127.0, 127.0)
-        out = torch.einsum("ngk,gok->ngo", x, (q * s).reshape(groups, cout // groups, k))
-        loss = (out - target).pow(2).mean() / norm
+        if gram:
+            d = (q * s - w2).reshape(groups, cout // groups, k)
+            loss = torch.einsum("gok,gkl,gol->", d, g, d) / count / norm
+        else:
+            out = f(torch.einsum("ngk,gok->ngo", x, (q * s).reshape(groups, cout // groups, k)) + b)
+            loss = (out - target).pow(2).mean() / norm
         if it >= warmup:
             beta = 20.0 + (2.0 - 20.0) * (it - warmup) / max(iterations - warmup - 1, 1)
             loss = loss + reg * (1.0 - (2.0 * _h(v) - 1.0).abs().pow(beta)).mean()

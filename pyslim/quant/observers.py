@@ -121,6 +121,10 @@ class ObserverBase(nn.Module):
         self.name = name
         self.bits = bits
         self.register_buffer("count", torch.zeros((), dtype=torch.int64))
+        # the signed range seen: with it the PTQ driver can spread all 2**bits levels over the part of
+        # [-threshold, threshold] the data occupies (see ``clipped_range``)
+        self.register_buffer("min_value", torch.tensor(math.inf, dtype=torch.float64))
+        self.register_buffer("max_value", torch.tensor(-math.inf, dtype=torch.float64))
 
     # -- helpers ---------------------------------------------------------------------------------------
 
@@ -158,7 +162,16 @@ class ObserverBase(nn.Module):
             xd = self._prepare(x)
             if xd is not None:
                 self._observe(xd)
+                lo, hi = torch.aminmax(xd)
+                self.min_value.fill_(min(float(self.min_value), float(lo)))
+                self.max_value.fill_(max(float(self.max_value), float(hi)))
         return x
+
+    def clipped_range(self):
+        """``(lo, hi)``: the observed signed range clipped to ``[-threshold(), threshold()]`` and widened to
+        contain 0, e.g. ``(0, threshold)`` for the input of a layer that follows a ReLU."""
+        t = self.threshold()
+        return min(0.0, max(float(self.min_value), -t)), max(0.0, min(float(self.max_value), t))
 
     def _observe(self, x: Tensor) -> None:
         raise NotImplementedError
@@ -175,6 +188,8 @@ class ObserverBase(nn.Module):
 
     def _sync(self) -> None:
         _all_reduce(self.count, torch.distributed.ReduceOp.SUM)
+        _all_reduce(self.min_value, torch.distributed.ReduceOp.MIN)
+        _all_reduce(self.max_value, torch.distributed.ReduceOp.MAX)
 
     def extra_repr(self) -> str:
         return f"name={self.name!r}, bits={self.bits}"

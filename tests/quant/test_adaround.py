@@ -36,6 +36,43 @@ def test_adaround_rounds_each_weight_down_or_up_and_reduces_output_error(groups)
     assert _rel_err(x, w, q, scale, groups) < 0.95 * _rel_err(x, w, q_near, scale, groups)
 
 
+def test_gram_form_optimises_the_same_objective_as_the_rows():
+    # 16 rows < k = 32: the loss runs over the rows; the same rows three times (48 > k): through the Gram matrix.
+    # Both objectives are equal, so the roundings agree up to float rounding of the steps.
+    g = torch.Generator().manual_seed(2)
+    w = torch.randn(24, 32, generator=g)
+    x = torch.randn(16, 32, generator=g)
+    q_rows, scale = adaround_weight(w, x, iterations=200)
+    q_gram, _ = adaround_weight(w, x.repeat(3, 1), iterations=200)
+    assert float((q_rows == q_gram).float().mean()) >= 0.98
+    assert _rel_err(x, w, q_gram, scale) == pytest.approx(_rel_err(x, w, q_rows, scale), rel=0.1)
+
+
+def test_activation_aware_rounding_minds_the_clipped_outputs():
+    # a ReLU6 layer whose channels have large weights and biases that push most outputs outside [0, 6]
+    # (as batch-norm folding does): rounding for the output after ReLU6 beats rounding for the raw output there
+    g = torch.Generator().manual_seed(4)
+    cout, k = 32, 27
+    w = torch.randn(cout, k, generator=g) * torch.linspace(0.2, 8.0, cout).reshape(-1, 1)
+    bias = torch.randn(cout, generator=g) * 6.0
+    x = torch.rand(2048, k, generator=g) * 6.0
+
+    def err_after_relu6(q, scale):
+        ref = torch.clamp(x @ w.t() + bias, 0, 6)
+        out = torch.clamp(x @ (q.float() * scale.reshape(-1, 1)).t() + bias, 0, 6)
+        return float((out - ref).pow(2).mean())
+
+    q_raw, scale = adaround_weight(w, x, iterations=300, bias=bias)
+    q_act, _ = adaround_weight(w, x, iterations=300, bias=bias, activation="relu6")
+    q_near, _ = quantize_weight(w)
+    assert err_after_relu6(q_act, scale) < 0.9 * err_after_relu6(q_raw, scale)
+    assert err_after_relu6(q_act, scale) < 0.9 * err_after_relu6(q_near, scale)
+    with pytest.raises(ValueError, match="activation"):
+        adaround_weight(w, x, activation="tanh")
+    with pytest.raises(ValueError, match="bias"):
+        adaround_weight(w, x, bias=torch.zeros(3))
+
+
 def test_adaround_conv_weight_and_errors():
     w = torch.randn(8, 2, 3, 3)  # a grouped conv weight, groups = 4 over 8 input channels
     x = torch.randn(512, 4 * 2 * 9)

@@ -128,8 +128,8 @@ def test_optimize_model_structure_accuracy_and_round_trip(tmp_path):
     assert fused.block.project.fused_activation is None
     # int8 hand-off: stem feeds the block's add too (no), expand -> dw -> project are chained
     assert fused.stem.output_quant is None
-    assert fused.block.expand.output_quant == (float(fused.block.dw.act_scale), 0)
-    assert fused.block.dw.output_quant == (float(fused.block.project.act_scale), 0)
+    assert fused.block.expand.output_quant == (float(fused.block.dw.act_scale), -128)  # after ReLU6: unsigned grid
+    assert fused.block.dw.output_quant == (float(fused.block.project.act_scale), -128)
     assert fused.block.project.output_quant is None and fused.head.output_quant is None
     x = torch.randn(16, 3, 8, 8)
     with torch.no_grad():

@@ -302,6 +302,21 @@ def test_observer_specific_values():
 
 
 @pytest.mark.parametrize("algo", ALGOS)
+def test_clipped_range_is_the_signed_range_inside_the_threshold(algo):
+    batches = [torch.tensor([-0.5, 0.0, 2.0, 1.0]), torch.tensor([-0.25, 3.0])]
+    obs = make_observer(algo)
+    t = observe(obs, batches)
+    assert float(obs.min_value) == -0.5 and float(obs.max_value) == 3.0
+    assert obs.clipped_range() == (max(-0.5, -t), min(3.0, t))
+    relu = make_observer(algo)  # never below zero: [0, threshold]
+    t = observe(relu, [torch.tensor([0.0, 1.0, 2.0]), torch.tensor([0.5, 4.0])])
+    assert relu.clipped_range() == (0.0, min(4.0, t))
+    positive = make_observer(algo)  # a range that excludes 0 is widened to contain it
+    t = observe(positive, [torch.tensor([1.0, 2.0, 3.0])])
+    assert positive.clipped_range()[0] == 0.0
+
+
+@pytest.mark.parametrize("algo", ALGOS)
 def test_nan_raises_value_error_naming_the_layer(algo):
     obs = make_observer(algo, name="features.3")
     x = torch.randn(4, 8)
@@ -379,5 +394,7 @@ def test_sync_in_a_single_process_group(tmp_path):
                     obs(b)
                 obs.sync()
             assert obs.threshold() == pytest.approx(np_reference(algo, batches), rel=1e-12)
+            assert float(obs.min_value) == min(float(b.min()) for b in batches)
+            assert float(obs.max_value) == max(float(b.max()) for b in batches)
     finally:
         dist.destroy_process_group()

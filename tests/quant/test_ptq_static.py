@@ -78,8 +78,39 @@ def test_each_algorithm_keeps_accuracy(quantized, mnist_fp32, algo):
         assert acc >= fp32_acc - 1.0, (algo, acc, fp32_acc)
     layers = quantized_layers(q)
     assert set(layers) == {"features.0", "features.4", "features.8", "classifier.1", "classifier.3"}
+    # every input here is >= 0 ([0, 1] images, then ReLU outputs): the full 8 bits on [0, threshold]
     for entry in layers.values():
-        assert entry["threshold"] > 0 and entry["act_scale"] == pytest.approx(entry["threshold"] / 127, rel=1e-6)
+        assert entry["threshold"] > 0 and entry["act_scale"] == pytest.approx(entry["threshold"] / 255, rel=1e-6)
+        assert entry["act_zero_point"] == -128
+
+
+def test_symmetric_activation_grid_is_paddles(mnist, mnist_fp32):
+    model, fp32_acc = mnist_fp32
+    q = quant_post_static(model, calibration_batches(mnist), algo="hist", progress=False, asymmetric_activation=False)
+    for entry in quantized_layers(q).values():
+        assert entry["act_scale"] == pytest.approx(entry["threshold"] / 127, rel=1e-6)
+        assert entry["act_zero_point"] == 0
+    assert accuracy(q, mnist[2], mnist[3]) >= fp32_acc - 1.0
+
+
+def test_asymmetric_grid_covers_the_clipped_signed_range():
+    # inputs in [-1, 3): abs_max's threshold is max|x| ~ 3, so the grid spans [min x, max x] with a zero point
+    torch.manual_seed(0)
+    lin = nn.Sequential(nn.Linear(16, 4))
+    batches = [torch.rand(32, 16) * 4 - 1 for _ in range(4)]
+    lo = min(float(b.min()) for b in batches)
+    hi = max(float(b.max()) for b in batches)
+    entry = quantized_layers(quant_post_static(lin, batches, algo="abs_max", progress=False))["0"]
+    scale = (hi - lo) / 255
+    assert entry["threshold"] == pytest.approx(hi, rel=1e-6)
+    assert entry["act_scale"] == pytest.approx(scale, rel=1e-6)
+    assert entry["act_zero_point"] == round(-128 - lo / scale)
+    # hist clips at a percentile of |x| below max|x| = hi: the top of the range is the threshold
+    entry = quantized_layers(quant_post_static(lin, batches, algo="hist", hist_percent=0.9, progress=False))["0"]
+    t = entry["threshold"]
+    assert t < hi and entry["act_scale"] == pytest.approx((t - lo) / 255, rel=1e-6)
+    with pytest.raises(TypeError, match="asymmetric_activation"):
+        quant_post_static(lin, batches, progress=False, asymmetric_activation="yes")
 
 
 def test_kl_with_the_input_layer_in_float(mnist, mnist_fp32):
