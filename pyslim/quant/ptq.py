@@ -3,8 +3,11 @@
 ``quant_post_static`` attaches an observer (``pyslim.quant.observers``) to the input of every quantizable
 layer, runs the calibration data through a copy of the model (twice for ``hist``/``KL``), and returns a new
 model in which each calibrated ``nn.Conv2d`` / ``nn.Linear`` is an ``Int8Conv2d`` / ``Int8Linear`` with
-int8 weights (``channel_wise_abs_max`` or ``abs_max``) and a static int8 activation scale
-``threshold / 127`` (zero point 0). The input model is not modified.
+int8 weights (``channel_wise_abs_max`` or ``abs_max``) and a static int8 activation quantization from the
+observer: by default all 256 levels over the calibrated range clipped to ``[-threshold, threshold]`` (scale
+``threshold / 255``, zero point -128 for an input that never went below zero), or with
+``asymmetric_activation=False`` PaddleSlim's symmetric ``threshold / 127`` (zero point 0). The input model is
+not modified.
 
 Convolutions with explicit "same" padding are handled: ``padding='same'`` and modules that pad in their
 forward with a ``static_padding`` ``nn.ZeroPad2d`` (EfficientNet's ``Conv2dStaticSamePadding``) are folded
