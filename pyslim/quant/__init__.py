@@ -28,7 +28,7 @@ from pyslim.quant.observers import (
     make_observer,
 )
 from pyslim.quant.onnx_export import export_onnx
-from pyslim.quant.ptq import load_quantized_model, quant_post_static, save_quantized_model
+from pyslim.quant.ptq import load_quantized_model, ptq_sensitivity, quant_post_static, save_quantized_model
 from pyslim.quant.qat import DEFAULT_QAT_CONFIG, QAT, QuantedConv2d, QuantedLinear, fuse_conv_bn
 from pyslim.quant.quanters import (
     PACT,
@@ -47,6 +47,7 @@ __all__ = [
     "MSEObserver",
     "load_quantized_model",
     "make_observer",
+    "ptq_sensitivity",
     "quant_post_static",
     "save_quantized_model",
     "DEFAULT_QAT_CONFIG",

@@ -46,8 +46,8 @@ from pyslim.quant.nn import Int8Conv2d, Int8Linear, quantize_weight
 from pyslim.quant.observers import ALGORITHMS, ObserverBase, make_observer
 from pyslim.quant.qat import _fold_bn_into_conv
 
-__all__ = ["quant_post_static", "save_quantized_model", "load_quantized_model", "PaddedInt8Conv2d",
-           "quantized_layers"]
+__all__ = ["quant_post_static", "ptq_sensitivity", "save_quantized_model", "load_quantized_model",
+           "PaddedInt8Conv2d", "quantized_layers"]
 
 logger = logging.getLogger("pyslim.quant.ptq")
 
@@ -524,6 +524,85 @@ def quant_post_static(model: nn.Module, data_loader: Iterable, algo: str = "hist
     if is_full_quantize:
         logger.info("is_full_quantize=True: only Conv2d/Linear have int8 kernels; other layers stay in float")
     return work.eval()
+
+
+def _first_tensor(out) -> Tensor:
+    if isinstance(out, Tensor):
+        return out
+    values = out.values() if isinstance(out, dict) else out if isinstance(out, (tuple, list)) else ()
+    for v in values:
+        if isinstance(v, Tensor):
+            return v
+    raise TypeError(f"the model's output holds no tensor to compare ({type(out).__name__})")
+
+
+def _batch_input(batch):
+    if isinstance(batch, (tuple, list)) and batch and isinstance(batch[0], Tensor):
+        return batch[0]
+    return batch
+
+
+def _outputs(model: nn.Module, batches) -> List[Tensor]:
+    with torch.no_grad():
+        return [_first_tensor(model(**b) if isinstance(b, dict) else model(b)).detach().float() for b in batches]
+
+
+def ptq_sensitivity(model: nn.Module, data_loader: Iterable, eval_batches: Optional[Sequence] = None,
+                    progress: bool = True, **ptq_kwargs) -> List[Tuple[str, float]]:
+    """How much quantizing each layer alone moves the model's output: ``[(layer name, 1 - cosine), ...]``,
+    the most sensitive first. Use it to choose the few layers to keep in float (``skip_quant``) when the int8
+    model's accuracy falls short.
+
+    The model is calibrated once, ``quant_post_static(model, data_loader, **ptq_kwargs)`` (the same options
+    and the same int8 layers a real run makes: thresholds, zero points, bias correction, AdaRound, folded BNs
+    with ``optimize_model``). Then, one layer at a time, that layer's int8 module replaces its float layer in
+    the float model (BNs folded the same way; the activation that follows runs in float) and the output on
+    ``eval_batches`` (default: the calibration batches, at most 8) is compared with the float output: 1 minus
+    the mean cosine similarity per sample. The output is the model's tensor, or the first tensor of a
+    tuple/list/dict output.
+
+    Example::
+
+        >>> ranking = ptq_sensitivity(model, calibration_batches, algo="hist", bias_correction=True)
+        >>> skip = [name for name, _ in ranking[:2]]
+        >>> qmodel = quant_post_static(model, calibration_batches, algo="hist", bias_correction=True,
+        ...                            skip_quant=skip)
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module; got {type(model).__name__}")
+    if not isinstance(data_loader, (list, tuple)) and iter(data_loader) is data_loader:
+        data_loader = list(data_loader)  # a one-shot iterator: kept for calibration and evaluation
+    qmodel = quant_post_static(model, data_loader, progress=progress, **ptq_kwargs)
+    if eval_batches is None:
+        eval_batches = list(_limited(data_loader, min(8, ptq_kwargs.get("batch_nums") or 8)))
+    batches = [_batch_input(b) for b in eval_batches]
+    if not batches:
+        raise ValueError("eval_batches is empty")
+    reference = copy.deepcopy(model).eval()
+    if ptq_kwargs.get("optimize_model", False):
+        for conv_name, bn_name in find_fusions(reference).conv_bn:
+            _fold_bn_into_conv(reference.get_submodule(conv_name), reference.get_submodule(bn_name))
+            _set_module(reference, bn_name, nn.Identity())
+    want = _outputs(reference, batches)
+    result = []
+    for name in tqdm(list(quantized_layers(qmodel)), desc="PTQ sensitivity", disable=not progress, leave=False):
+        module = qmodel.get_submodule(name)
+        inner = _inner(module)
+        saved = (inner.fused_activation, inner.output_quant)
+        original = reference.get_submodule(name)
+        inner.fused_activation, inner.output_quant = None, None  # float out; the float activation follows
+        _set_module(reference, name, module)
+        try:
+            got = _outputs(reference, batches)
+        finally:
+            _set_module(reference, name, original)
+            inner.fused_activation, inner.output_quant = saved
+        cos = torch.cat([F.cosine_similarity(g.reshape(g.shape[0], -1), w.reshape(w.shape[0], -1), dim=1)
+                         for g, w in zip(got, want)])
+        result.append((name, float(1.0 - cos.double().mean())))
+    result.sort(key=lambda item: -item[1])
+    logger.info("ptq_sensitivity: most sensitive %s", ", ".join(f"{n} ({v:.2e})" for n, v in result[:5]))
+    return result
 
 
 # ---------------------------------------------------------------------------------------------------------

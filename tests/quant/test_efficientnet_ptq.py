@@ -8,9 +8,10 @@ any perturbation. Measured here (hist, bias correction, optimize_model, 64 calib
 
 * every Conv2d/Linear in int8: 96.0 % top-1 agreement (95.2 % over 1000 crops in bench/efficientnet_ptq.py),
   logit cosine 0.9977; 100 % on the crops where fp32 has a clear decision;
-* the input stem and the first depthwise convolution kept in float (``skip_quant``; quantized alone, each of
-  them moves the logits more than any other layer): 98.0 % (97.6 % over 1000 crops, >= 97 % in every 200),
-  cosine 0.9992, at the same speed (bench/efficientnet_ptq.py: 2.66x fp32 at batch 1, one thread).
+* the two layers ``ptq_sensitivity`` ranks first on the calibration crops -- the first depthwise convolution
+  and the input stem, each moving the logits ~7x more than any other layer when quantized alone -- kept in
+  float (``skip_quant``): 98.0 % (97.6 % over 1000 crops, >= 97 % in every 200), cosine 0.9992, at the same
+  speed (bench/efficientnet_ptq.py: 2.66x fp32 at batch 1, one thread).
 """
 
 import time
@@ -27,7 +28,7 @@ from efficientnet_lite_pytorch import EfficientNet  # noqa: E402
 
 from pyslim.datasets import photo_crops  # noqa: E402
 from pyslim.quant.nn import Int8Conv2d, Int8Linear  # noqa: E402
-from pyslim.quant.ptq import PaddedInt8Conv2d, quant_post_static, quantized_layers  # noqa: E402
+from pyslim.quant.ptq import PaddedInt8Conv2d, ptq_sensitivity, quant_post_static, quantized_layers  # noqa: E402
 
 
 FLOAT_LAYERS = ["_conv_stem", "_blocks.0._depthwise_conv"]
@@ -81,6 +82,10 @@ def test_efficientnet_lite0_static_ptq_agrees_with_fp32(lite0):
 
 def test_efficientnet_lite0_with_the_two_most_sensitive_layers_in_float_meets_97(lite0):
     model, batches, evaluation, ref = lite0
+    ranking = ptq_sensitivity(model, batches, algo="hist", bias_correction=True, optimize_model=True, progress=False)
+    assert len(ranking) == 50
+    assert sorted(name for name, _ in ranking[:2]) == sorted(FLOAT_LAYERS)
+    assert ranking[1][1] > 3 * ranking[2][1]  # a clear gap to the third
     q = quant_post_static(model, batches, algo="hist", bias_correction=True, optimize_model=True,
                           skip_quant=FLOAT_LAYERS, progress=False)
     layers = quantized_layers(q)

@@ -257,3 +257,33 @@ def test_save_and_load_round_trip(tmp_path, mnist, mnist_fp32):
         assert torch.equal(q(x), r(x))
     with pytest.raises(ValueError, match="no int8 layers"):
         save_quantized_model(copy.deepcopy(model), str(tmp_path / "float"))
+
+
+def test_ptq_sensitivity_ranks_the_layer_kl_clips_first(mnist, mnist_fp32):
+    # KL clips the raw-pixel input of features.0 at ~0.5 (see above): quantized alone, that layer must move the
+    # output most (test_kl_with_the_input_layer_in_float shows keeping it in float recovers the accuracy)
+    from pyslim.quant import ptq_sensitivity
+
+    model, fp32_acc = mnist_fp32
+    snap = snapshot(model)
+    batches = calibration_batches(mnist)
+    ranking = ptq_sensitivity(model, batches, algo="KL", progress=False)
+    assert_untouched(model, snap)
+    names = [name for name, _ in ranking]
+    assert sorted(names) == ["classifier.1", "classifier.3", "features.0", "features.4", "features.8"]
+    values = [v for _, v in ranking]
+    assert values == sorted(values, reverse=True) and all(v >= 0 for v in values)
+    assert names[0] == "features.0" and values[0] > 3 * values[1]
+    # the same layer measured by hand: only features.0 int8, inside the float model
+    q = quant_post_static(model, batches, algo="KL", progress=False)
+    hand = copy.deepcopy(model)
+    hand.features[0] = q.features[0]
+    x = torch.cat([b[0] for b in batches[:8]])
+    with torch.no_grad():
+        cos = torch.nn.functional.cosine_similarity(hand(x), model(x), dim=1).double().mean()
+    assert values[0] == pytest.approx(1 - float(cos), rel=1e-3)
+    # a one-shot iterator works too, and an explicit evaluation set is used as given
+    again = ptq_sensitivity(model, iter(batches), eval_batches=[x[:64]], algo="KL", progress=False)
+    assert again[0][0] == "features.0"
+    with pytest.raises(ValueError, match="eval_batches"):
+        ptq_sensitivity(model, batches, eval_batches=[], algo="KL", progress=False)
