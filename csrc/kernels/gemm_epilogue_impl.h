@@ -112,6 +112,46 @@ void epi_rows(const int32_t* acc, int64_t ldacc, int64_t rows, int64_t row0, int
   const float* ws = e.weight_scale;
   const int32_t* cs = e.col_sums;
   const float* bias = e.bias;
+  if (!e.row_scales && !e.row_zero_points && !wide && kind != GemmEpilogue::kInt32) {
+    // One activation scale and zero point for every row: the per-column multiplier scale * ws[n] (the same
+    // float product the loops below form per element) is computed once per block of columns, not per row.
+    constexpr int64_t kCols = 256;
+    float mult[kCols];
+    const float scale = e.act_scale;
+    const int32_t zp = e.act_zero_point;
+    for (int64_t n0 = n_begin; n0 < n_end; n0 += kCols) {
+      const int64_t n1 = n_end - n0 < kCols ? n_end : n0 + kCols;
+      for (int64_t n = n0; n < n1; ++n) mult[n - n0] = scale * ws[n];
+      for (int64_t r = 0; r < rows; ++r) {
+        const int64_t m = row0 + r;
+        const int32_t* a = acc + r * ldacc;
+        if (kind == GemmEpilogue::kFloat32) {
+          float* f_out = static_cast<float*>(out) + m * ldo;
+          if (zp == 0 && bias) {
+            for (int64_t n = n0; n < n1; ++n) f_out[n] = epi_activate<act>(static_cast<float>(a[n]) * mult[n - n0] + bias[n]);
+          } else if (zp == 0) {
+            for (int64_t n = n0; n < n1; ++n) f_out[n] = epi_activate<act>(static_cast<float>(a[n]) * mult[n - n0]);
+          } else if (bias) {
+            for (int64_t n = n0; n < n1; ++n)
+              f_out[n] = epi_activate<act>(static_cast<float>(a[n] - zp * cs[n]) * mult[n - n0] + bias[n]);
+          } else {
+            for (int64_t n = n0; n < n1; ++n) f_out[n] = epi_activate<act>(static_cast<float>(a[n] - zp * cs[n]) * mult[n - n0]);
+          }
+        } else if (e.out_signed) {
+          int8_t* q_out = static_cast<int8_t*>(out) + m * ldo;
+          for (int64_t n = n0; n < n1; ++n)
+            q_out[n] = epi_quantize<int8_t, act>(a[n], zp, cs[n], mult[n - n0], bias ? bias[n] : 0.0f, bias != nullptr,
+                                                 inv_out_scale, lo, hi, out_zp);
+        } else {
+          uint8_t* q_out = static_cast<uint8_t*>(out) + m * ldo;
+          for (int64_t n = n0; n < n1; ++n)
+            q_out[n] = epi_quantize<uint8_t, act>(a[n], zp, cs[n], mult[n - n0], bias ? bias[n] : 0.0f, bias != nullptr,
+                                                  inv_out_scale, lo, hi, out_zp);
+        }
+      }
+    }
+    return;
+  }
   for (int64_t r = 0; r < rows; ++r) {
     const int64_t m = row0 + r;
     const int32_t* a = acc + r * ldacc;
