@@ -102,6 +102,11 @@ inline Q epi_quantize(int32_t a, int32_t zp, int32_t cs, float multiplier, float
   return static_cast<Q>(static_cast<int32_t>(epi_requantize(epi_activate<act>(y), inv, lo, hi, out_zp)));
 }
 
+// Columns go in blocks of kEpiCols; the per-column multiplier scale * ws[n] (one float product, the same the
+// reference forms per element) is computed once per block when every row shares the activation scale, and per
+// row and block when the scales are per row (dynamic quantization).
+constexpr int64_t kEpiCols = 256;
+
 template <GemmEpilogue::Kind kind, Activation act>
 void epi_rows(const int32_t* acc, int64_t ldacc, int64_t rows, int64_t row0, int64_t n_begin, int64_t n_end,
               const GemmEpilogue& e, void* out, int64_t ldo) {
@@ -112,92 +117,59 @@ void epi_rows(const int32_t* acc, int64_t ldacc, int64_t rows, int64_t row0, int
   const float* ws = e.weight_scale;
   const int32_t* cs = e.col_sums;
   const float* bias = e.bias;
-  if (!e.row_scales && !e.row_zero_points && !wide && kind != GemmEpilogue::kInt32) {
-    // One activation scale and zero point for every row: the per-column multiplier scale * ws[n] (the same
-    // float product the loops below form per element) is computed once per block of columns, not per row.
-    constexpr int64_t kCols = 256;
-    float mult[kCols];
-    const float scale = e.act_scale;
-    const int32_t zp = e.act_zero_point;
-    for (int64_t n0 = n_begin; n0 < n_end; n0 += kCols) {
-      const int64_t n1 = n_end - n0 < kCols ? n_end : n0 + kCols;
-      for (int64_t n = n0; n < n1; ++n) mult[n - n0] = scale * ws[n];
-      for (int64_t r = 0; r < rows; ++r) {
-        const int64_t m = row0 + r;
-        const int32_t* a = acc + r * ldacc;
-        if (kind == GemmEpilogue::kFloat32) {
-          float* f_out = static_cast<float*>(out) + m * ldo;
-          if (zp == 0 && bias) {
-            for (int64_t n = n0; n < n1; ++n) f_out[n] = epi_activate<act>(static_cast<float>(a[n]) * mult[n - n0] + bias[n]);
-          } else if (zp == 0) {
-            for (int64_t n = n0; n < n1; ++n) f_out[n] = epi_activate<act>(static_cast<float>(a[n]) * mult[n - n0]);
-          } else if (bias) {
-            for (int64_t n = n0; n < n1; ++n)
-              f_out[n] = epi_activate<act>(static_cast<float>(a[n] - zp * cs[n]) * mult[n - n0] + bias[n]);
-          } else {
-            for (int64_t n = n0; n < n1; ++n) f_out[n] = epi_activate<act>(static_cast<float>(a[n] - zp * cs[n]) * mult[n - n0]);
-          }
-        } else if (e.out_signed) {
-          int8_t* q_out = static_cast<int8_t*>(out) + m * ldo;
-          for (int64_t n = n0; n < n1; ++n)
-            q_out[n] = epi_quantize<int8_t, act>(a[n], zp, cs[n], mult[n - n0], bias ? bias[n] : 0.0f, bias != nullptr,
+  float mult[kEpiCols];
+  for (int64_t n0 = n_begin; n0 < n_end; n0 += kEpiCols) {
+    const int64_t n1 = n_end - n0 < kEpiCols ? n_end : n0 + kEpiCols;
+    const int64_t nb = n1 - n0;
+    const int32_t* cb = cs ? cs + n0 : nullptr;  // column-block views: index j = n - n0
+    const float* bb = bias ? bias + n0 : nullptr;
+    if (!e.row_scales)
+      for (int64_t j = 0; j < nb; ++j) mult[j] = e.act_scale * ws[n0 + j];
+    for (int64_t r = 0; r < rows; ++r) {
+      const int64_t m = row0 + r;
+      const int32_t* a = acc + r * ldacc + n0;
+      const int32_t zp = e.row_zero_points ? e.row_zero_points[m] : e.act_zero_point;
+      if (e.row_scales) {
+        const float scale = e.row_scales[m];
+        for (int64_t j = 0; j < nb; ++j) mult[j] = scale * ws[n0 + j];
+      }
+      if (kind == GemmEpilogue::kFloat32 && (zp == 0 || !wide)) {
+        float* f_out = static_cast<float*>(out) + m * ldo + n0;
+        if (zp == 0 && bb) {
+          for (int64_t j = 0; j < nb; ++j) f_out[j] = epi_activate<act>(static_cast<float>(a[j]) * mult[j] + bb[j]);
+        } else if (zp == 0) {
+          for (int64_t j = 0; j < nb; ++j) f_out[j] = epi_activate<act>(static_cast<float>(a[j]) * mult[j]);
+        } else if (bb) {
+          for (int64_t j = 0; j < nb; ++j)
+            f_out[j] = epi_activate<act>(static_cast<float>(a[j] - zp * cb[j]) * mult[j] + bb[j]);
+        } else {
+          for (int64_t j = 0; j < nb; ++j) f_out[j] = epi_activate<act>(static_cast<float>(a[j] - zp * cb[j]) * mult[j]);
+        }
+        continue;
+      }
+      if (kind == GemmEpilogue::kQuantized && !wide) {
+        // The float value as above, then the quantize op's rounding, zero point and saturation, in one
+        // branch-free loop per output type (vectorised like the float path).
+        if (e.out_signed) {
+          int8_t* q_out = static_cast<int8_t*>(out) + m * ldo + n0;
+          for (int64_t j = 0; j < nb; ++j)
+            q_out[j] = epi_quantize<int8_t, act>(a[j], zp, cb[j], mult[j], bb ? bb[j] : 0.0f, bb != nullptr,
                                                  inv_out_scale, lo, hi, out_zp);
         } else {
-          uint8_t* q_out = static_cast<uint8_t*>(out) + m * ldo;
-          for (int64_t n = n0; n < n1; ++n)
-            q_out[n] = epi_quantize<uint8_t, act>(a[n], zp, cs[n], mult[n - n0], bias ? bias[n] : 0.0f, bias != nullptr,
+          uint8_t* q_out = static_cast<uint8_t*>(out) + m * ldo + n0;
+          for (int64_t j = 0; j < nb; ++j)
+            q_out[j] = epi_quantize<uint8_t, act>(a[j], zp, cb[j], mult[j], bb ? bb[j] : 0.0f, bb != nullptr,
                                                   inv_out_scale, lo, hi, out_zp);
         }
+        continue;
       }
-    }
-    return;
-  }
-  for (int64_t r = 0; r < rows; ++r) {
-    const int64_t m = row0 + r;
-    const int32_t* a = acc + r * ldacc;
-    const float scale = e.row_scales ? e.row_scales[m] : e.act_scale;
-    const int32_t zp = e.row_zero_points ? e.row_zero_points[m] : e.act_zero_point;
-    float* f_out = static_cast<float*>(out) + m * ldo;
-    if (kind == GemmEpilogue::kFloat32 && zp == 0) {
-      if (bias) {
-        for (int64_t n = n_begin; n < n_end; ++n)
-          f_out[n] = epi_activate<act>(static_cast<float>(a[n]) * (scale * ws[n]) + bias[n]);
-      } else {
-        for (int64_t n = n_begin; n < n_end; ++n) f_out[n] = epi_activate<act>(static_cast<float>(a[n]) * (scale * ws[n]));
+      // k > 32768: a - zp * cs in int64
+      for (int64_t j = 0; j < nb; ++j) {
+        const int64_t centered = static_cast<int64_t>(a[j]) - (zp != 0 ? static_cast<int64_t>(zp) * cb[j] : 0);
+        float y = static_cast<float>(centered) * mult[j];
+        if (bb) y = y + bb[j];
+        epi_store<kind, act>(y, e, inv_out_scale, lo, hi, out_zp, out, m * ldo + n0 + j);
       }
-      continue;
-    }
-    if (kind == GemmEpilogue::kFloat32 && !wide) {
-      if (bias) {
-        for (int64_t n = n_begin; n < n_end; ++n)
-          f_out[n] = epi_activate<act>(static_cast<float>(a[n] - zp * cs[n]) * (scale * ws[n]) + bias[n]);
-      } else {
-        for (int64_t n = n_begin; n < n_end; ++n)
-          f_out[n] = epi_activate<act>(static_cast<float>(a[n] - zp * cs[n]) * (scale * ws[n]));
-      }
-      continue;
-    }
-    if (kind == GemmEpilogue::kQuantized && !wide) {
-      // The float value as above, then the quantize op's rounding, zero point and saturation, in one
-      // branch-free loop per output type (vectorised like the float path).
-      if (e.out_signed) {
-        int8_t* q_out = static_cast<int8_t*>(out) + m * ldo;
-        for (int64_t n = n_begin; n < n_end; ++n)
-          q_out[n] = epi_quantize<int8_t, act>(a[n], zp, cs[n], scale * ws[n], bias ? bias[n] : 0.0f, bias != nullptr,
-                                               inv_out_scale, lo, hi, out_zp);
-      } else {
-        uint8_t* q_out = static_cast<uint8_t*>(out) + m * ldo;
-        for (int64_t n = n_begin; n < n_end; ++n)
-          q_out[n] = epi_quantize<uint8_t, act>(a[n], zp, cs[n], scale * ws[n], bias ? bias[n] : 0.0f,
-                                                bias != nullptr, inv_out_scale, lo, hi, out_zp);
-      }
-      continue;
-    }
-    for (int64_t n = n_begin; n < n_end; ++n) {
-      const int64_t centered = static_cast<int64_t>(a[n]) - (zp != 0 ? static_cast<int64_t>(zp) * cs[n] : 0);
-      float y = static_cast<float>(centered) * (scale * ws[n]);
-      if (bias) y = y + bias[n];
-      epi_store<kind, act>(y, e, inv_out_scale, lo, hi, out_zp, out, m * ldo + n);
     }
   }
 }
