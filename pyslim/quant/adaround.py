@@ -33,6 +33,8 @@ from typing import Optional, Tuple
 import torch
 from torch import Tensor
 
+from pyslim.ops import _int8 as I
+from pyslim.ops.reference import _activate
 from pyslim.quant.nn import quantize_weight
 
 __all__ = ["adaround_weight", "sample_conv_inputs"]
@@ -42,14 +44,6 @@ _ZETA, _GAMMA = 1.1, -0.1
 
 def _h(v: Tensor) -> Tensor:
     return torch.clamp(torch.sigmoid(v) * (_ZETA - _GAMMA) + _GAMMA, 0.0, 1.0)
-
-
-_ACTIVATIONS = {
-    None: lambda t: t,
-    "relu": torch.relu,
-    "relu6": lambda t: torch.clamp(t, 0.0, 6.0),
-    "gelu": torch.nn.functional.gelu,
-}
 
 
 def adaround_weight(weight: Tensor, inputs: Tensor, groups: int = 1, weight_quantize_type: str = "channel_wise_abs_max",
@@ -81,12 +75,14 @@ def adaround_weight(weight: Tensor, inputs: Tensor, groups: int = 1, weight_quan
                          f"{tuple(inputs.shape)}")
     if iterations < 1:
         raise ValueError(f"iterations must be >= 1; got {iterations}")
-    if activation not in _ACTIVATIONS:
+    if activation not in I.ACTIVATIONS:
         raise ValueError(f"activation must be None, 'relu', 'relu6' or 'gelu'; got {activation!r}")
     if bias is not None and (not isinstance(bias, Tensor) or tuple(bias.shape) != (cout,)):
         raise ValueError(f"bias must be a ({cout},) tensor or None; got "
                          f"{tuple(bias.shape) if isinstance(bias, Tensor) else type(bias).__name__}")
-    f = _ACTIVATIONS[activation]
+    def f(t: Tensor) -> Tensor:  # the int8 epilogue's activation, as the pure-torch reference writes it
+        return _activate(t, activation)
+
     b = (torch.zeros(cout) if bias is None else bias.detach().to(torch.float32)).reshape(groups, cout // groups)
     _, scale = quantize_weight(weight, weight_quantize_type)
     s = scale.reshape(cout, 1)

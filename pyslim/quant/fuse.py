@@ -35,7 +35,9 @@ from typing import Dict, List, Optional, Tuple
 import torch
 from torch import fx, nn
 
-__all__ = ["FusionPlan", "find_fusions", "find_int8_chains", "find_activation_fusions_by_run"]
+from pyslim.quant.qat import _fold_bn_into_conv
+
+__all__ = ["FusionPlan", "find_fusions", "fold_batch_norms", "find_int8_chains", "find_activation_fusions_by_run"]
 
 logger = logging.getLogger("pyslim.quant.fuse")
 
@@ -131,6 +133,18 @@ def find_fusions(model: nn.Module, layer_names: Optional[set] = None) -> FusionP
         if len(layers) == calls[act_name]:  # every call of this activation module follows a fused layer
             for layer, kind in layers:
                 plan.activation[layer] = (kind, act_name)
+    return plan
+
+
+def fold_batch_norms(model: nn.Module) -> FusionPlan:
+    """``find_fusions(model)``, then, in place, each planned ``BatchNorm2d`` folded into its convolution (exact
+    per output channel, as ``pyslim.quant.fuse_conv_bn``) with an ``nn.Identity`` put in its place. Returns the
+    plan; its activations are left for the caller to fuse."""
+    plan = find_fusions(model)
+    for conv_name, bn_name in plan.conv_bn:
+        _fold_bn_into_conv(model.get_submodule(conv_name), model.get_submodule(bn_name))
+        parent, _, leaf = bn_name.rpartition(".")
+        setattr(model.get_submodule(parent) if parent else model, leaf, nn.Identity())
     return plan
 
 

@@ -41,10 +41,9 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from pyslim.quant.adaround import adaround_weight, sample_conv_inputs
-from pyslim.quant.fuse import FusionPlan, find_activation_fusions_by_run, find_fusions, find_int8_chains
+from pyslim.quant.fuse import FusionPlan, find_activation_fusions_by_run, find_int8_chains, fold_batch_norms
 from pyslim.quant.nn import Int8Conv2d, Int8Linear, quantize_weight
 from pyslim.quant.observers import ALGORITHMS, ObserverBase, make_observer
-from pyslim.quant.qat import _fold_bn_into_conv
 
 __all__ = ["quant_post_static", "ptq_sensitivity", "save_quantized_model", "load_quantized_model",
            "PaddedInt8Conv2d", "quantized_layers"]
@@ -202,16 +201,16 @@ class _BiasError:
         return (self.sum / max(self.count, 1)).to(torch.float32)
 
 
-def _run_batch(model: nn.Module, batch) -> None:
+def _run_batch(model: nn.Module, batch):
+    """The model's output on one batch: a tensor, the first item of a tuple/list, or a dict of keyword inputs."""
     if isinstance(batch, Tensor):
-        model(batch)
-    elif isinstance(batch, (tuple, list)) and batch:
-        model(batch[0])
-    elif isinstance(batch, dict):
-        model(**batch)
-    else:
-        raise TypeError("data_loader must yield tensors, (inputs, labels) tuples/lists or dicts of keyword "
-                        f"inputs; got {type(batch).__name__}")
+        return model(batch)
+    if isinstance(batch, (tuple, list)) and batch:
+        return model(batch[0])
+    if isinstance(batch, dict):
+        return model(**batch)
+    raise TypeError("data_loader must yield tensors, (inputs, labels) tuples/lists or dicts of keyword "
+                    f"inputs; got {type(batch).__name__}")
 
 
 def _limited(data: Iterable, batch_nums: Optional[int]):
@@ -219,6 +218,14 @@ def _limited(data: Iterable, batch_nums: Optional[int]):
         if batch_nums is not None and i >= batch_nums:
             break
         yield batch
+
+
+def _reiterable(data: Iterable, batch_nums: Optional[int]) -> Iterable:
+    """``data`` itself, or, for a one-shot iterator (which a second pass would find empty), a list of its first
+    ``batch_nums`` batches."""
+    if not isinstance(data, (list, tuple)) and iter(data) is data:
+        return list(_limited(data, batch_nums))
+    return data
 
 
 def _total(data_loader, batch_nums: Optional[int]) -> Optional[int]:
@@ -387,15 +394,11 @@ def quant_post_static(model: nn.Module, data_loader: Iterable, algo: str = "hist
     work = copy.deepcopy(model).eval()
     plan = FusionPlan()
     if optimize_model:
-        plan = find_fusions(work)
-        for conv_name, bn_name in plan.conv_bn:
-            _fold_bn_into_conv(work.get_submodule(conv_name), work.get_submodule(bn_name))
-            _set_module(work, bn_name, nn.Identity())
+        plan = fold_batch_norms(work)
         logger.info("optimize_model: %d batch norms folded into convolutions", len(plan.conv_bn))
         if not plan.traced:
             # fx could not trace the model: find the activations to fuse by one run on the first batch instead
-            if not isinstance(data_loader, (list, tuple)) and iter(data_loader) is data_loader:
-                data_loader = list(_limited(data_loader, batch_nums))  # a one-shot iterator: keep its batches
+            data_loader = _reiterable(data_loader, batch_nums)
             first = next(iter(_limited(data_loader, batch_nums)), None)
             if first is not None:
                 example = first[0] if isinstance(first, (tuple, list)) else first
@@ -434,8 +437,8 @@ def quant_post_static(model: nn.Module, data_loader: Iterable, algo: str = "hist
         handles.append(layer.register_forward_pre_hook(hook))
 
     passes = 2 if layers and observers[layers[0][0]].needs_two_passes else 1
-    if not isinstance(data_loader, (list, tuple)) and iter(data_loader) is data_loader and passes > 1:
-        data_loader = list(_limited(data_loader, batch_nums))  # a one-shot iterator: keep it for pass 2
+    if passes > 1:
+        data_loader = _reiterable(data_loader, batch_nums)  # kept for pass 2
     total = _total(data_loader, batch_nums)
     try:
         with torch.no_grad():
@@ -536,15 +539,9 @@ def _first_tensor(out) -> Tensor:
     raise TypeError(f"the model's output holds no tensor to compare ({type(out).__name__})")
 
 
-def _batch_input(batch):
-    if isinstance(batch, (tuple, list)) and batch and isinstance(batch[0], Tensor):
-        return batch[0]
-    return batch
-
-
 def _outputs(model: nn.Module, batches) -> List[Tensor]:
     with torch.no_grad():
-        return [_first_tensor(model(**b) if isinstance(b, dict) else model(b)).detach().float() for b in batches]
+        return [_first_tensor(_run_batch(model, b)).detach().float() for b in batches]
 
 
 def ptq_sensitivity(model: nn.Module, data_loader: Iterable, eval_batches: Optional[Sequence] = None,
@@ -570,19 +567,16 @@ def ptq_sensitivity(model: nn.Module, data_loader: Iterable, eval_batches: Optio
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module; got {type(model).__name__}")
-    if not isinstance(data_loader, (list, tuple)) and iter(data_loader) is data_loader:
-        data_loader = list(data_loader)  # a one-shot iterator: kept for calibration and evaluation
+    data_loader = _reiterable(data_loader, ptq_kwargs.get("batch_nums"))  # for calibration and evaluation
     qmodel = quant_post_static(model, data_loader, progress=progress, **ptq_kwargs)
     if eval_batches is None:
         eval_batches = list(_limited(data_loader, min(8, ptq_kwargs.get("batch_nums") or 8)))
-    batches = [_batch_input(b) for b in eval_batches]
+    batches = list(eval_batches)
     if not batches:
         raise ValueError("eval_batches is empty")
     reference = copy.deepcopy(model).eval()
     if ptq_kwargs.get("optimize_model", False):
-        for conv_name, bn_name in find_fusions(reference).conv_bn:
-            _fold_bn_into_conv(reference.get_submodule(conv_name), reference.get_submodule(bn_name))
-            _set_module(reference, bn_name, nn.Identity())
+        fold_batch_norms(reference)
     want = _outputs(reference, batches)
     result = []
     for name in tqdm(list(quantized_layers(qmodel)), desc="PTQ sensitivity", disable=not progress, leave=False):

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from pyslim import ops
-from pyslim.quant.fuse import find_activation_fusions_by_run, find_fusions, find_int8_chains
+from pyslim.quant.fuse import find_activation_fusions_by_run, find_fusions, find_int8_chains, fold_batch_norms
 from pyslim.quant.nn import Int8Conv2d, Int8Linear
 from pyslim.quant.ptq import load_quantized_model, quant_post_static, quantized_layers, save_quantized_model
 
@@ -75,6 +75,20 @@ def test_find_fusions_follows_custom_forward_and_shared_activation():
     assert sorted(plan.conv_bn) == [("block.dw", "block.bn1"), ("block.expand", "block.bn0"), ("stem", "stem_bn")]
     assert plan.activation == {"stem": ("relu", "stem_act"), "block.expand": ("relu6", "block.act"),
                                "block.dw": ("relu6", "block.act")}
+
+
+def test_fold_batch_norms_in_place_keeps_the_output():
+    net = make_net()
+    folded = copy.deepcopy(net)
+    plan = fold_batch_norms(folded)
+    assert plan.conv_bn == find_fusions(net).conv_bn and len(plan.conv_bn) == 3
+    for _, bn_name in plan.conv_bn:
+        assert isinstance(folded.get_submodule(bn_name), nn.Identity)
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in folded.modules())
+    x = data(1)[0]
+    with torch.no_grad():
+        ref, out = net(x), folded(x)
+    assert float((out - ref).abs().max()) <= 1e-5 * float(ref.abs().max())
 
 
 def test_no_fusion_where_it_would_change_another_consumer():
