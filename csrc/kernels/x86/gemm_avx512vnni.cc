@@ -25,8 +25,10 @@
 //   Np / 64 panels of K4 * 256 bytes       K4 = ceil(K / 4); panel p, group g, column c, byte i:
 //                                          W[64p + c][4g + i] at ((p * K4 + g) * 64 + c) * 4 + i, 0 past N / K
 //
-// Depthwise: vectorised over channels (16 int32 lanes per zmm, 64 channels per step, then masked steps of
-// 16); bytes widened to int32 and multiplied with vpmulld, so every product and sum is exact.
+// Depthwise: vectorised over channels. Fast path (a pad value that is a byte of x's type, i.e. any zero
+// point): vpdpbusd over quads of horizontally adjacent taps (see depthwise_rows_quads). Otherwise bytes
+// widened to int32 and multiplied with vpmulld (16 int32 lanes per zmm, 64 channels per step, then masked
+// steps of 16), so every product and sum is exact.
 //
 // Everything except fill_avx512vnni_gemm has internal linkage (no std templates are instantiated here), so
 // no EVEX-encoded code can leak into the baseline build through a shared weak symbol.
@@ -413,53 +415,66 @@ void depthwise_rows(const uint8_t* x, int32_t pad_value, const int8_t* w, int32_
   }
 }
 
-// Fast path (pad_value within int16): vpdpwssd on PAIRS of horizontally adjacent taps (j, j+1) of one kernel
-// row. Each needed input row is expanded once into a "pair row" P of int32 words holding the int16 pair
-// (x[iw][c], x[iw + dw][c]) for every position iw of the padded row (pad_value outside the input), so the
-// inner loop is one vpdpwssd per 16 channels per tap pair, straight from memory, with no bounds checks and
-// no conversions. An odd last tap of a kernel row is paired with a zero weight. |a0*w0 + a1*w1| <= 2 * 32768
-// * 128, so every product and pair sum is exact; vpdpwssd wraps like the reference's int32 sum. Pair rows
-// are cached (KH slots tagged by input row) across the output rows of one call.
-// A pair row is stored channel block by channel block ([cb][position][32 words]), so that the positions one
-// block of output pixels reads are contiguous: the KH rows of one 32-channel block (~22 KiB for 58 positions)
-// stay in L1 while the output row is swept (position-major rows put them 640 bytes apart, spread over ~110 KiB,
-// and ran from L2 at a third of the speed).
-// Channels go in blocks of 32 (tail masked): vpunpck{l,h}wd of the two widened rows scramble them within
-// 128-bit lanes (lo: 0-3, 8-11, 16-19, 24-27; hi: the rest); the weights are scrambled the same way and the
-// accumulators are put back in order with one vpermt2q per 16 channels at the store.
+// Fast path (pad_value a byte of x's type): vpdpbusd on QUADS of horizontally adjacent taps (4jq .. 4jq + 3)
+// of one kernel row. Each needed input row is expanded once into a "quad row" Q of 32-bit words holding the
+// four bytes (x[iw][c], x[iw + dw][c], x[iw + 2dw][c], x[iw + 3dw][c]) for every position iw of the padded
+// row (pad_value outside the input), so the inner loop is one vpdpbusd per 16 channels per four taps,
+// straight from memory, with no bounds checks and no conversions: half the dot instructions of int16 pairs
+// (vpdpwssd), for the same bytes of quad row. Taps past KW get a zero weight.
+// * vpdpbusd multiplies unsigned bytes by signed ones: int8 x is flipped to uint8 (x ^ 0x80 = x + 128, pad
+//   too) and the excess 128 * sum_taps w[c] is removed by starting the accumulators at -128 * sum_taps w[c].
+//   |sum of four u8 * s8 products| <= 4 * 255 * 128: every product and quad sum is exact, and the int32 sum
+//   wraps like the reference's.
+// * Quad rows are cached (KH slots tagged by input row) across the output rows of one call, and stored
+//   channel block by channel block ([cb][position][32 words]), so that the positions one block of output
+//   pixels reads are contiguous and the KH rows of one 32-channel block stay in L1 while the output row is
+//   swept.
+// * Channels go in blocks of 32 (tail masked). vpunpck{l,h}bw then vpunpck{l,h}wd of the four 256-bit rows
+//   scramble them within 128-bit lanes: the 32 words come out as channels 0-3, 16-19, 4-7, 20-23 | 8-11,
+//   24-27, 12-15, 28-31. The weights are scrambled the same way and the accumulators are put back in order
+//   with one vpermt2q per 16 channels at the store.
 constexpr int kDwPix = 6;  // output pixels per register block (12 accumulators)
 
 inline __mmask32 dw_mask32(int64_t left) {
   return left >= 32 ? static_cast<__mmask32>(0xffffffffu) : static_cast<__mmask32>((1u << left) - 1u);
 }
 
-template <bool kSigned>
-inline __m512i widen32(const uint8_t* p, __mmask32 m) {
-  const __m256i b = _mm256_maskz_loadu_epi8(m, p);
-  return kSigned ? _mm512_cvtepi8_epi16(b) : _mm512_cvtepu8_epi16(b);
+// The 32 quad words of four 32-byte rows (taps t = 0..3), scrambled as described above, stored at d.
+inline void store_quads(__m256i a0, __m256i a1, __m256i a2, __m256i a3, uint32_t* d) {
+  const __m256i t0 = _mm256_unpacklo_epi8(a0, a1), t1 = _mm256_unpackhi_epi8(a0, a1);
+  const __m256i t2 = _mm256_unpacklo_epi8(a2, a3), t3 = _mm256_unpackhi_epi8(a2, a3);
+  _mm256_storeu_si256(reinterpret_cast<__m256i*>(d), _mm256_unpacklo_epi16(t0, t2));
+  _mm256_storeu_si256(reinterpret_cast<__m256i*>(d + 8), _mm256_unpackhi_epi16(t0, t2));
+  _mm256_storeu_si256(reinterpret_cast<__m256i*>(d + 16), _mm256_unpacklo_epi16(t1, t3));
+  _mm256_storeu_si256(reinterpret_cast<__m256i*>(d + 24), _mm256_unpackhi_epi16(t1, t3));
 }
 
 template <int NB>
-inline void dw_pairs_block(const int32_t* const* prow, const int32_t* wt, int32_t* o, const DepthwiseShape& s,
-                           int64_t ow, int64_t cb, int64_t nCB, int64_t npairs, int64_t Wp, __mmask16 m0,
-                           __mmask16 m1) {
+inline void dw_quads_block(const uint32_t* const* qrow, const uint32_t* wt, const int32_t* bias, int32_t* o,
+                           const DepthwiseShape& s, int64_t ow, int64_t cb, int64_t nCB, int64_t nquads, int64_t Wq,
+                           __mmask16 m0, __mmask16 m1) {
   __m512i acc[NB][2];
+  const __m512i b0 = _mm512_loadu_si512(bias + cb * 32), b1 = _mm512_loadu_si512(bias + cb * 32 + 16);
 #pragma GCC unroll 8
-  for (int n = 0; n < NB; ++n) acc[n][0] = acc[n][1] = _mm512_setzero_si512();
-  const int64_t pix = s.stride_w * 32, tap2 = 2 * s.dilation_w * 32;
+  for (int n = 0; n < NB; ++n) {
+    acc[n][0] = b0;
+    acc[n][1] = b1;
+  }
+  const int64_t pix = s.stride_w * 32, tap4 = 4 * s.dilation_w * 32;
   for (int64_t i = 0; i < s.kernel_h; ++i) {
-    const int32_t* q = prow[i] + (cb * Wp + ow * s.stride_w) * 32;
-    const int32_t* wk = wt + ((i * npairs) * nCB + cb) * 32;
-    for (int64_t jp = 0; jp < npairs; ++jp, q += tap2, wk += nCB * 32) {
+    const uint32_t* q = qrow[i] + (cb * Wq + ow * s.stride_w) * 32;
+    const uint32_t* wk = wt + ((i * nquads) * nCB + cb) * 32;
+    for (int64_t jq = 0; jq < nquads; ++jq, q += tap4, wk += nCB * 32) {
       const __m512i w0 = _mm512_loadu_si512(wk), w1 = _mm512_loadu_si512(wk + 16);
 #pragma GCC unroll 8
       for (int n = 0; n < NB; ++n) {
-        acc[n][0] = _mm512_dpwssd_epi32(acc[n][0], _mm512_loadu_si512(q + n * pix), w0);
-        acc[n][1] = _mm512_dpwssd_epi32(acc[n][1], _mm512_loadu_si512(q + n * pix + 16), w1);
+        acc[n][0] = dpbusd(acc[n][0], _mm512_loadu_si512(q + n * pix), w0);
+        acc[n][1] = dpbusd(acc[n][1], _mm512_loadu_si512(q + n * pix + 16), w1);
       }
     }
   }
-  const __m512i i0 = _mm512_setr_epi64(0, 1, 8, 9, 2, 3, 10, 11), i1 = _mm512_setr_epi64(4, 5, 12, 13, 6, 7, 14, 15);
+  // Scrambled words (in 64-bit pairs): acc0 = [0-3 16-19 4-7 20-23], acc1 = [8-11 24-27 12-15 28-31].
+  const __m512i i0 = _mm512_setr_epi64(0, 1, 4, 5, 8, 9, 12, 13), i1 = _mm512_setr_epi64(2, 3, 6, 7, 10, 11, 14, 15);
   const int64_t C = s.channels;
 #pragma GCC unroll 8
   for (int n = 0; n < NB; ++n) {
@@ -473,12 +488,12 @@ constexpr int64_t kDwMaxKh = 16;  // taller kernels take the generic path
 
 // Per-thread scratch, grown on demand (plain malloc: no std templates in this file, see the top).
 struct DwScratch {
-  int32_t* buf = nullptr;
+  uint32_t* buf = nullptr;
   size_t size = 0;
-  int32_t* get(size_t n) {
+  uint32_t* get(size_t n) {
     if (n > size) {
       std::free(buf);
-      buf = static_cast<int32_t*>(std::malloc(n * sizeof(int32_t)));
+      buf = static_cast<uint32_t*>(std::malloc(n * sizeof(uint32_t)));
       size = buf != nullptr ? n : 0;
     }
     return buf;
@@ -488,50 +503,87 @@ struct DwScratch {
 
 // Returns false (having written nothing) when its scratch cannot be allocated.
 template <bool kSigned>
-bool depthwise_rows_pairs(const uint8_t* x, int32_t pad_value, const int8_t* w, int32_t* out,
+bool depthwise_rows_quads(const uint8_t* x, int32_t pad_value, const int8_t* w, int32_t* out,
                           const DepthwiseShape& s, int64_t row_begin, int64_t row_end) {
   const int64_t C = s.channels, KH = s.kernel_h, KW = s.kernel_w;
-  const int64_t nCB = (C + 31) / 32, npairs = (KW + 1) / 2;
-  // Pair-row positions: iw = p - pad_w for p in [0, Wp), covering every tap of every output pixel.
-  const int64_t Wp = (s.out_w - 1) * s.stride_w + (KW - 1) * s.dilation_w + 1;
-  const int64_t row_words = Wp * nCB * 32, wt_words = KH * npairs * nCB * 32;
+  const int64_t nCB = (C + 31) / 32, nquads = (KW + 3) / 4;
+  // Quad-row positions: iw = p - pad_w for p in [0, Wq), the first tap of every quad of every output pixel.
+  const int64_t Wq = (s.out_w - 1) * s.stride_w + 4 * (nquads - 1) * s.dilation_w + 1;
+  const int64_t row_words = Wq * nCB * 32, wt_words = KH * nquads * nCB * 32, bias_words = nCB * 32;
   static thread_local DwScratch scratch;
-  int32_t* wt = scratch.get(static_cast<size_t>(wt_words + KH * row_words));
+  uint32_t* wt = scratch.get(static_cast<size_t>(wt_words + bias_words + KH * row_words));
   if (wt == nullptr) return false;
-  int32_t* rows = wt + wt_words;
-  // Weights, scrambled like the pair rows: (w[i][2jp][c], w[i][2jp+1][c]) int16 pairs (0 past KW).
-  for (int64_t i = 0; i < KH; ++i) {
-    for (int64_t jp = 0; jp < npairs; ++jp) {
-      for (int64_t cb = 0; cb < nCB; ++cb) {
-        const __mmask32 m = dw_mask32(C - cb * 32);
-        const int8_t* w0 = w + (i * KW + 2 * jp) * C + cb * 32;
-        const __m512i a = _mm512_cvtepi8_epi16(_mm256_maskz_loadu_epi8(m, w0));
-        const __m512i b = 2 * jp + 1 < KW ? _mm512_cvtepi8_epi16(_mm256_maskz_loadu_epi8(m, w0 + C))
-                                          : _mm512_setzero_si512();
-        int32_t* d = wt + ((i * npairs + jp) * nCB + cb) * 32;
-        _mm512_storeu_si512(d, _mm512_unpacklo_epi16(a, b));
-        _mm512_storeu_si512(d + 16, _mm512_unpackhi_epi16(a, b));
+  auto* bias = reinterpret_cast<int32_t*>(wt + wt_words);  // scrambled like the quads
+  uint32_t* rows = wt + wt_words + bias_words;
+  // Weights as quads (w[i][4jq + t][c], t = 0..3; 0 past KW), and the bias -128 * sum_taps w[c] (0 for uint8).
+  const __m256i zero = _mm256_setzero_si256();
+  for (int64_t cb = 0; cb < nCB; ++cb) {
+    const __mmask32 m = dw_mask32(C - cb * 32);
+    __m512i sum0 = _mm512_setzero_si512(), sum1 = _mm512_setzero_si512();
+    for (int64_t i = 0; i < KH; ++i) {
+      for (int64_t jq = 0; jq < nquads; ++jq) {
+        __m256i t[4];
+        for (int64_t u = 0; u < 4; ++u) {
+          const int64_t j = 4 * jq + u;
+          t[u] = j < KW ? _mm256_maskz_loadu_epi8(m, w + (i * KW + j) * C + cb * 32) : zero;
+        }
+        uint32_t* d = wt + ((i * nquads + jq) * nCB + cb) * 32;
+        store_quads(t[0], t[1], t[2], t[3], d);
+        // Sum of each word's four signed bytes: vpdpbusd of 0x01 bytes by the quad.
+        const __m512i ones = _mm512_set1_epi8(1);
+        sum0 = dpbusd(sum0, ones, _mm512_loadu_si512(d));
+        sum1 = dpbusd(sum1, ones, _mm512_loadu_si512(d + 16));
       }
     }
+    const __m512i k128 = _mm512_set1_epi32(kSigned ? -128 : 0);
+    _mm512_storeu_si512(bias + cb * 32, _mm512_mullo_epi32(sum0, k128));
+    _mm512_storeu_si512(bias + cb * 32 + 16, _mm512_mullo_epi32(sum1, k128));
   }
+  const uint8_t flip = kSigned ? 0x80 : 0x00;
+  const __m256i flipv = _mm256_set1_epi8(static_cast<char>(flip));
+  const __m256i padv = _mm256_set1_epi8(static_cast<char>(static_cast<uint8_t>(pad_value) ^ flip));
   const int64_t kNoRow = -1, kPadRow = -2;
   int64_t tag[kDwMaxKh], want[kDwMaxKh];
-  const int32_t* prow[kDwMaxKh];
+  const uint32_t* qrow[kDwMaxKh];
   for (int64_t k = 0; k < KH; ++k) tag[k] = kNoRow;
-  const __m512i padv = _mm512_set1_epi16(static_cast<int16_t>(pad_value));
-  auto build = [&](int32_t* dst, int64_t b, int64_t ih) {
+  auto build = [&](uint32_t* dst, int64_t b, int64_t ih) {
     const bool row_in = ih >= 0 && ih < s.height;
     const uint8_t* xr = row_in ? x + (b * s.height + ih) * s.width * C : nullptr;
-    for (int64_t p = 0; p < Wp; ++p) {
-      const int64_t iw = p - s.pad_w, iw2 = iw + s.dilation_w;
-      const bool in_a = row_in && iw >= 0 && iw < s.width, in_b = row_in && iw2 >= 0 && iw2 < s.width;
-      for (int64_t cb = 0; cb < nCB; ++cb) {
-        const __mmask32 m = dw_mask32(C - cb * 32);
-        const __m512i a = in_a ? widen32<kSigned>(xr + iw * C + cb * 32, m) : padv;
-        const __m512i bb = in_b ? widen32<kSigned>(xr + iw2 * C + cb * 32, m) : padv;
-        int32_t* d = dst + (cb * Wp + p) * 32;
-        _mm512_storeu_si512(d, _mm512_unpacklo_epi16(a, bb));
-        _mm512_storeu_si512(d + 16, _mm512_unpackhi_epi16(a, bb));
+    for (int64_t cb = 0; cb < nCB; ++cb) {
+      const __mmask32 m = dw_mask32(C - cb * 32);
+      // 32 channels of input position iw (flipped), or the pad row outside the input.
+      auto load = [&](int64_t iw) {
+        return row_in && iw >= 0 && iw < s.width
+                   ? _mm256_xor_si256(_mm256_maskz_loadu_epi8(m, xr + iw * C + cb * 32), flipv)
+                   : padv;
+      };
+      uint32_t* d = dst + cb * Wq * 32;
+      if (s.dilation_w != 1) {
+        for (int64_t p = 0; p < Wq; ++p, d += 32) {
+          const int64_t iw = p - s.pad_w, dw = s.dilation_w;
+          store_quads(load(iw), load(iw + dw), load(iw + 2 * dw), load(iw + 3 * dw), d);
+        }
+        continue;
+      }
+      // Dilation 1: a sliding window, one new input position per quad position. The byte pairs
+      // (x[iw], x[iw + 1]) of position p are those of taps 2-3 two positions earlier, so each pair interleave
+      // is computed once.
+      __m256i x2 = load(2 - s.pad_w);
+      __m256i x0 = load(-s.pad_w), x1 = load(1 - s.pad_w);
+      __m256i lo0 = _mm256_unpacklo_epi8(x0, x1), hi0 = _mm256_unpackhi_epi8(x0, x1);
+      __m256i lo1 = _mm256_unpacklo_epi8(x1, x2), hi1 = _mm256_unpackhi_epi8(x1, x2);
+      for (int64_t p = 0; p < Wq; ++p, d += 32) {
+        const __m256i x3 = load(p + 3 - s.pad_w);
+        const __m256i lo2 = _mm256_unpacklo_epi8(x2, x3), hi2 = _mm256_unpackhi_epi8(x2, x3);
+        _mm256_storeu_si256(reinterpret_cast<__m256i*>(d), _mm256_unpacklo_epi16(lo0, lo2));
+        _mm256_storeu_si256(reinterpret_cast<__m256i*>(d + 8), _mm256_unpackhi_epi16(lo0, lo2));
+        _mm256_storeu_si256(reinterpret_cast<__m256i*>(d + 16), _mm256_unpacklo_epi16(hi0, hi2));
+        _mm256_storeu_si256(reinterpret_cast<__m256i*>(d + 24), _mm256_unpackhi_epi16(hi0, hi2));
+        lo0 = lo1;
+        hi0 = hi1;
+        lo1 = lo2;
+        hi1 = hi2;
+        x2 = x3;
       }
     }
   };
@@ -543,23 +595,23 @@ bool depthwise_rows_pairs(const uint8_t* x, int32_t pad_value, const int8_t* w, 
     }
     // Reuse cached rows; build the missing ones into slots no current kernel row needs.
     for (int64_t i = 0; i < KH; ++i) {
-      prow[i] = nullptr;
+      qrow[i] = nullptr;
       for (int64_t k = 0; k < KH; ++k)
-        if (tag[k] == want[i]) prow[i] = rows + k * row_words;
+        if (tag[k] == want[i]) qrow[i] = rows + k * row_words;
     }
     for (int64_t i = 0; i < KH; ++i) {
-      if (prow[i] != nullptr) continue;
+      if (qrow[i] != nullptr) continue;
       int64_t slot = 0;
       for (; slot < KH; ++slot) {
         bool used = false;
-        for (int64_t k = 0; k < KH; ++k) used = used || (prow[k] == rows + slot * row_words);
+        for (int64_t k = 0; k < KH; ++k) used = used || (qrow[k] == rows + slot * row_words);
         if (!used) break;
       }
       const int64_t ih = oh * s.stride_h - s.pad_h + i * s.dilation_h;
       build(rows + slot * row_words, b, ih);
       tag[slot] = want[i];
       for (int64_t k = i; k < KH; ++k)
-        if (want[k] == want[i]) prow[k] = rows + slot * row_words;
+        if (want[k] == want[i]) qrow[k] = rows + slot * row_words;
     }
     int32_t* o = out + (b * s.out_h + oh) * s.out_w * C;
     for (int64_t cb = 0; cb < nCB; ++cb) {
@@ -570,8 +622,8 @@ bool depthwise_rows_pairs(const uint8_t* x, int32_t pad_value, const int8_t* w, 
                                        : static_cast<__mmask16>(0);
       int64_t ow = 0;
       for (; ow + kDwPix <= s.out_w; ow += kDwPix)
-        dw_pairs_block<kDwPix>(prow, wt, o, s, ow, cb, nCB, npairs, Wp, m0, m1);
-      for (; ow < s.out_w; ++ow) dw_pairs_block<1>(prow, wt, o, s, ow, cb, nCB, npairs, Wp, m0, m1);
+        dw_quads_block<kDwPix>(qrow, wt, bias, o, s, ow, cb, nCB, nquads, Wq, m0, m1);
+      for (; ow < s.out_w; ++ow) dw_quads_block<1>(qrow, wt, bias, o, s, ow, cb, nCB, nquads, Wq, m0, m1);
     }
   }
   return true;
@@ -580,11 +632,11 @@ bool depthwise_rows_pairs(const uint8_t* x, int32_t pad_value, const int8_t* w, 
 void depthwise_conv_s32(const void* x, bool x_signed, int32_t pad_value, const int8_t* w, int32_t* out,
                         const DepthwiseShape& shape, int64_t row_begin, int64_t row_end) {
   if (row_end <= row_begin || shape.out_w <= 0 || shape.channels <= 0) return;
-  if (pad_value >= -32768 && pad_value <= 32767 && shape.kernel_h >= 1 && shape.kernel_h <= kDwMaxKh &&
-      shape.kernel_w >= 1) {
-    const bool done = x_signed ? depthwise_rows_pairs<true>(static_cast<const uint8_t*>(x), pad_value, w, out, shape,
+  const bool pad_is_byte = x_signed ? pad_value >= -128 && pad_value <= 127 : pad_value >= 0 && pad_value <= 255;
+  if (pad_is_byte && shape.kernel_h >= 1 && shape.kernel_h <= kDwMaxKh && shape.kernel_w >= 1) {
+    const bool done = x_signed ? depthwise_rows_quads<true>(static_cast<const uint8_t*>(x), pad_value, w, out, shape,
                                                             row_begin, row_end)
-                               : depthwise_rows_pairs<false>(static_cast<const uint8_t*>(x), pad_value, w, out,
+                               : depthwise_rows_quads<false>(static_cast<const uint8_t*>(x), pad_value, w, out,
                                                              shape, row_begin, row_end);
     if (done) return;
   }
