@@ -362,14 +362,15 @@ inline void dw_pairs_block(const int32_t* const* prow, const int32_t* wt, int32_
   }
 }
 
-// Per-thread scratch, grown on demand (plain malloc: no std templates in this file, see check_isa_symbols).
+// Per-thread scratch, grown on demand, 64-byte aligned so that no ymm load of a pair row splits a cache line
+// (plain C allocation: no std templates in this file, see check_isa_symbols).
 struct DwScratch {
   int32_t* buf = nullptr;
   size_t size = 0;
   int32_t* get(size_t n) {
     if (n > size) {
       std::free(buf);
-      buf = static_cast<int32_t*>(std::malloc(n * sizeof(int32_t)));
+      buf = static_cast<int32_t*>(std::aligned_alloc(64, (n * sizeof(int32_t) + 63) / 64 * 64));
       size = buf != nullptr ? n : 0;
     }
     return buf;

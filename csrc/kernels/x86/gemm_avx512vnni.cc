@@ -491,14 +491,16 @@ inline void dw_quads_block(const uint32_t* const* qrow, const uint32_t* wt, cons
 
 constexpr int64_t kDwMaxKh = 16;  // taller kernels take the generic path
 
-// Per-thread scratch, grown on demand (plain malloc: no std templates in this file, see the top).
+// Per-thread scratch, grown on demand, 64-byte aligned so that no zmm load of a quad row splits a cache line
+// (plain C allocation: no std templates in this file, see the top).
 struct DwScratch {
   uint32_t* buf = nullptr;
   size_t size = 0;
   uint32_t* get(size_t n) {
     if (n > size) {
       std::free(buf);
-      buf = static_cast<uint32_t*>(std::malloc(n * sizeof(uint32_t)));
+      const size_t bytes = (n * sizeof(uint32_t) + 63) / 64 * 64;
+      buf = static_cast<uint32_t*>(std::aligned_alloc(64, bytes));
       size = buf != nullptr ? n : 0;
     }
     return buf;
