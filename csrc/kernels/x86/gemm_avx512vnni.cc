@@ -12,9 +12,10 @@
 //     (the packed W is zero past N, so the extra lanes compute harmless zeros).
 //   * Blocking: K in blocks of 512 (a 64 x 512 W sub-panel is 32 KiB and stays in a 48 KiB L1 while every
 //     row tile of the A block passes over it; 256 measured ~10% slower at 128x4096x4096 on Zen 4, from the
-//     extra C tile reloads); M in blocks of up to kMC = 192 rows, whose A slice (96 KiB) is copied
-//     into a stack scratch per K block (flipped for int8, zero-padded past K, laid out [group][row] so the
-//     micro-kernel broadcasts consecutive 32-bit words). The first K block starts from the bias, the later
+//     extra C tile reloads); M in blocks of up to kMC = 192 rows, whose A slice (~108 KiB) is copied
+//     into a stack scratch per K block (flipped for int8, zero-padded past K, rows a cache line more than
+//     their length apart so that a tile's six rows use different L1 sets; see pack_a). While the row tiles
+//     pass over a W sub-panel, tiles 1-16 prefetch the next one. The first K block starts from the bias, the later
 //     ones add onto the C tile (C is the accumulator between K blocks; only the requested block is touched).
 //     K blocks are balanced (576 is one block of 144 groups, not 512 + 64; up to kKCgMax groups stay whole), and
 //     an M of up to kSmallM rows takes K in one run. With K % 4 == 0 and short rows (lda <= 1024) the micro-kernel
