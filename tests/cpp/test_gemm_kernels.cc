@@ -462,7 +462,7 @@ TEST(DepthwiseKernels, AllPaddingAndAllInside) {
 }
 
 TEST(DepthwiseKernels, LargeChannelsAndWidth) {
-  // MobileNet/EfficientNet-like layers (wide rows, many channels, channel tails of every size class), kernel
+  // MobileNet/EfficientNet-like layers (wide rows, many channels, channel tails of every size class, stride 2), kernel
   // rows whose input rows collide modulo KH (dilation 3 with a 3-tall kernel), tall kernels, and a pad_value
   // outside int16 (the int32 contract), each over the whole range and over split row ranges.
   std::mt19937 rng(77);
@@ -475,6 +475,9 @@ TEST(DepthwiseKernels, LargeChannelsAndWidth) {
       {2, 7, 40, 200, 5, 5, 1, 1, 2, 2, 1, 1},  {1, 11, 33, 33, 3, 3, 1, 1, 3, 3, 3, 3},
       {1, 8, 29, 96, 7, 7, 1, 2, 3, 3, 1, 1},   {1, 20, 23, 48, 17, 1, 1, 1, 8, 0, 1, 1},
       {1, 6, 70, 31, 1, 4, 1, 3, 0, 2, 1, 2},
+      // Strides whose taps all start on multiples of the stride (the quad rows store only those positions):
+      // stride 4 with two quads per kernel row, and stride 2 with dilation 2.
+      {1, 7, 45, 72, 3, 5, 1, 4, 1, 2, 1, 1},   {1, 8, 50, 40, 5, 5, 2, 2, 2, 2, 1, 2},
   };
   for (const Geo& g : geos) {
     for (bool sg : {false, true}) {

@@ -484,7 +484,7 @@ inline void store_quads(__m256i a0, __m256i a1, __m256i a2, __m256i a3, uint32_t
 template <int NB>
 inline void dw_quads_block(const uint32_t* const* qrow, const uint32_t* wt, const int32_t* bias, int32_t* o,
                            const DepthwiseShape& s, int64_t ow, int64_t cb, int64_t nCB, int64_t nquads, int64_t Wq,
-                           __mmask16 m0, __mmask16 m1) {
+                           int64_t st, __mmask16 m0, __mmask16 m1) {
   __m512i acc[NB][2];
   const __m512i b0 = _mm512_loadu_si512(bias + cb * 32), b1 = _mm512_loadu_si512(bias + cb * 32 + 16);
 #pragma GCC unroll 8
@@ -492,9 +492,9 @@ inline void dw_quads_block(const uint32_t* const* qrow, const uint32_t* wt, cons
     acc[n][0] = b0;
     acc[n][1] = b1;
   }
-  const int64_t pix = s.stride_w * 32, tap4 = 4 * s.dilation_w * 32;
+  const int64_t pix = s.stride_w / st * 32, tap4 = 4 * s.dilation_w / st * 32;
   for (int64_t i = 0; i < s.kernel_h; ++i) {
-    const uint32_t* q = qrow[i] + (cb * Wq + ow * s.stride_w) * 32;
+    const uint32_t* q = qrow[i] + (cb * Wq + ow * s.stride_w / st) * 32;
     const uint32_t* wk = wt + ((i * nquads) * nCB + cb) * 32;
     for (int64_t jq = 0; jq < nquads; ++jq, q += tap4, wk += nCB * 32) {
       const __m512i w0 = _mm512_loadu_si512(wk), w1 = _mm512_loadu_si512(wk + 16);
@@ -541,8 +541,12 @@ bool depthwise_rows_quads(const uint8_t* x, int32_t pad_value, const int8_t* w, 
                           const DepthwiseShape& s, int64_t row_begin, int64_t row_end) {
   const int64_t C = s.channels, KH = s.kernel_h, KW = s.kernel_w;
   const int64_t nCB = (C + 31) / 32, nquads = (KW + 3) / 4;
-  // Quad-row positions: iw = p - pad_w for p in [0, Wq), the first tap of every quad of every output pixel.
-  const int64_t Wq = (s.out_w - 1) * s.stride_w + 4 * (nquads - 1) * s.dilation_w + 1;
+  // Quad-row positions: iw = p - pad_w for p in [0, Wp), the first tap of every quad of every output pixel.
+  // When all the p the kernel reads are multiples of the stride (p = ow * sw + 4 * jq * dw: stride 2 with any
+  // dilation), only those are built and stored, position p at index p / st: half the row build at stride 2.
+  const int64_t Wp = (s.out_w - 1) * s.stride_w + 4 * (nquads - 1) * s.dilation_w + 1;
+  const int64_t st = s.stride_w > 1 && (4 * s.dilation_w) % s.stride_w == 0 ? s.stride_w : 1;
+  const int64_t Wq = (Wp - 1) / st + 1;
   const int64_t row_words = Wq * nCB * 32, wt_words = KH * nquads * nCB * 32, bias_words = nCB * 32;
   static thread_local DwScratch scratch;
   uint32_t* wt = scratch.get(static_cast<size_t>(wt_words + bias_words + KH * row_words));
@@ -592,10 +596,27 @@ bool depthwise_rows_quads(const uint8_t* x, int32_t pad_value, const int8_t* w, 
                    : padv;
       };
       uint32_t* d = dst + cb * Wq * 32;
-      if (s.dilation_w != 1) {
-        for (int64_t p = 0; p < Wq; ++p, d += 32) {
+      if (s.dilation_w != 1 || st > 2) {
+        for (int64_t p = 0; p < Wq * st; p += st, d += 32) {
           const int64_t iw = p - s.pad_w, dw = s.dilation_w;
           store_quads(load(iw), load(iw + dw), load(iw + 2 * dw), load(iw + 3 * dw), d);
+        }
+        continue;
+      }
+      if (st == 2) {
+        // Dilation 1, even positions only: the byte pairs (x[iw + 2], x[iw + 3]) of one quad are the pairs
+        // (x[iw], x[iw + 1]) of the next.
+        __m256i a0 = load(-s.pad_w), a1 = load(1 - s.pad_w);
+        __m256i lo0 = _mm256_unpacklo_epi8(a0, a1), hi0 = _mm256_unpackhi_epi8(a0, a1);
+        for (int64_t p = 0; p < Wq * 2; p += 2, d += 32) {
+          const __m256i a2 = load(p + 2 - s.pad_w), a3 = load(p + 3 - s.pad_w);
+          const __m256i lo2 = _mm256_unpacklo_epi8(a2, a3), hi2 = _mm256_unpackhi_epi8(a2, a3);
+          _mm256_storeu_si256(reinterpret_cast<__m256i*>(d), _mm256_unpacklo_epi16(lo0, lo2));
+          _mm256_storeu_si256(reinterpret_cast<__m256i*>(d + 8), _mm256_unpackhi_epi16(lo0, lo2));
+          _mm256_storeu_si256(reinterpret_cast<__m256i*>(d + 16), _mm256_unpacklo_epi16(hi0, hi2));
+          _mm256_storeu_si256(reinterpret_cast<__m256i*>(d + 24), _mm256_unpackhi_epi16(hi0, hi2));
+          lo0 = lo2;
+          hi0 = hi2;
         }
         continue;
       }
@@ -656,8 +677,8 @@ bool depthwise_rows_quads(const uint8_t* x, int32_t pad_value, const int8_t* w, 
                                        : static_cast<__mmask16>(0);
       int64_t ow = 0;
       for (; ow + kDwPix <= s.out_w; ow += kDwPix)
-        dw_quads_block<kDwPix>(qrow, wt, bias, o, s, ow, cb, nCB, nquads, Wq, m0, m1);
-      for (; ow < s.out_w; ++ow) dw_quads_block<1>(qrow, wt, bias, o, s, ow, cb, nCB, nquads, Wq, m0, m1);
+        dw_quads_block<kDwPix>(qrow, wt, bias, o, s, ow, cb, nCB, nquads, Wq, st, m0, m1);
+      for (; ow < s.out_w; ++ow) dw_quads_block<1>(qrow, wt, bias, o, s, ow, cb, nCB, nquads, Wq, st, m0, m1);
     }
   }
   return true;
