@@ -253,9 +253,12 @@ void conv2d_implicit(const KernelTable& k, const uint8_t* x, const float* x_floa
   const int64_t C = s.in_c, N = s.out_c;
   const int64_t Hp = s.in_h + 2 * s.pad_h, Wp = s.in_w + 2 * s.pad_w;
   const int64_t row_bytes = s.in_w * C, prow_bytes = Wp * C, halo = s.dilation_h * (s.kernel_h - 1);
-  // Bands per image: padded bands of at most kBandBytes, and a task count that is a multiple of the thread
-  // count where there are enough output rows.
-  int64_t bands = std::min(s.out_h, std::max<int64_t>(1, ceil_div(Hp * prow_bytes, kBandBytes)));
+  // Bands per image: padded bands of at most kBandBytes; with several threads, at least four tasks per thread
+  // (taken as they come, so a core that falls behind — another process on it — takes fewer), but bands of at
+  // least four output rows; then a task count that is a multiple of the thread count where rows allow.
+  int64_t bands = std::max<int64_t>(1, ceil_div(Hp * prow_bytes, kBandBytes));
+  if (threads > 1) bands = std::max(bands, ceil_div(4 * threads, s.batch));
+  bands = std::min(bands, std::max<int64_t>(1, s.out_h / 4));
   while ((s.batch * bands) % threads != 0 && bands < s.out_h) ++bands;
   GemmEpilogue ek = e;
   ek.k = s.kernel_h * s.kernel_w * C;
