@@ -388,9 +388,46 @@ void conv2d_float_input(const py::capsule& x_cap, double x_scale, int64_t x_zero
              threads);
 }
 
+// out (M x N int32) = a (M x K int8 / uint8) times w^T (w: N x K int8), exact, on the GPU that holds all three
+// (the CUDA kernel of kernels/cuda/gemm.cu: W unpacked, row-major like a Linear weight).
+void int8_matmul_cuda(const py::capsule& a_cap, const py::capsule& w_cap, const py::capsule& out_cap,
+                      intptr_t stream) {
+  const TensorArg a = tensor_arg(a_cap, "a"), w = tensor_arg(w_cap, "w"), out = tensor_arg(out_cap, "out");
+  for (const TensorArg* t : {&a, &w, &out}) {
+    if (!t->on_cuda()) throw py::value_error(t->name + " must be a CUDA tensor; got a CPU tensor");
+    t->require_contiguous();
+  }
+  w.require_same_device(a);
+  out.require_same_device(a);
+  const bool a_u8 = a.t->dtype.code == dlpack::kUInt && a.t->dtype.bits == 8 && a.t->dtype.lanes == 1;
+  if (!a_u8) a.require_dtype(DType::kInt8);
+  w.require_dtype(DType::kInt8);
+  out.require_dtype(DType::kInt32);
+  if (a.ndim() != 2 || w.ndim() != 2 || out.ndim() != 2)
+    throw py::value_error("a, w and out must be 2-D; got " + a.shape_string() + ", " + w.shape_string() + ", " +
+                          out.shape_string());
+  const int64_t M = a.shape()[0], K = a.shape()[1], N = w.shape()[0];
+  if (w.shape()[1] != K)
+    throw py::value_error("w must be (N, K) with a's K = " + std::to_string(K) + "; got " + w.shape_string());
+  if (N < 1 || K < 1) throw py::value_error("w must have at least one row and one column; got " + w.shape_string());
+  if (out.shape() != std::vector<int64_t>{M, N})
+    throw py::value_error("out must be (" + std::to_string(M) + ", " + std::to_string(N) + "); got " +
+                          out.shape_string());
+#if defined(PYSLIM_WITH_CUDA)
+  py::gil_scoped_release release;
+  cuda::gemm_s32(a.data(), !a_u8, K, w.ptr<int8_t>(), M, N, K, out.ptr<int32_t>(), N, stream);
+#else
+  (void)stream;
+  throw py::value_error("a is a CUDA tensor, but this pyslim build has no CUDA kernels (rebuild with "
+                        "PYSLIM_ENABLE_CUDA=ON)");
+#endif
+}
+
 }  // namespace
 
 void register_int8_ops(py::module_& m) {
+  m.def("int8_matmul_cuda", &int8_matmul_cuda, py::arg("a"), py::arg("w"), py::arg("out"), py::arg("stream"),
+        "out = a @ w.T in exact int32 on the GPU (a: M x K int8/uint8, w: N x K int8, out: M x N int32).");
   m.def("gemm_packed_nbytes", &packed_nbytes, py::arg("n"), py::arg("k"), py::arg("groups") = 1,
         "Bytes of a packed int8 weight buffer for the active path.");
   m.def("pack_int8_weight", &pack_weight, py::arg("weight"), py::arg("packed"), py::arg("col_sums"),

@@ -316,12 +316,13 @@ def dequantize(q: Tensor, scale: ScaleLike, zero_point: Union[Tensor, int, None]
 
 
 # --------------------------------------------------------------------------------------------------------
-# int8 GEMM / convolution (CPU). The modules in pyslim.quant.nn wrap these; see their docs.
+# int8 GEMM / convolution (CPU; int8_matmul also on CUDA). The modules in pyslim.quant.nn wrap these.
 # --------------------------------------------------------------------------------------------------------
 
 from pyslim.ops._int8 import ACTIVATIONS as _ACTIVATIONS  # noqa: E402
 from pyslim.ops._int8 import OUT_DTYPES as _OUT_DTYPES  # noqa: E402
-from pyslim.ops._int8 import conv2d_int8_op, gemm_int8_op, linear_int8_dynamic_op, pack_int8_weight_op  # noqa: E402
+from pyslim.ops._int8 import conv2d_int8_op, gemm_int8_op, int8_matmul_op, linear_int8_dynamic_op  # noqa: E402
+from pyslim.ops._int8 import pack_int8_weight_op  # noqa: E402
 
 
 def pack_int8_weight(weight: Tensor, groups: int = 1) -> Tuple[Tensor, Tensor]:
@@ -350,6 +351,31 @@ def gemm_int8(a: Tensor, packed: Tensor, out_features: int, out_dtype: torch.dty
         raise ValueError(f"activation must be None, 'relu', 'relu6' or 'gelu'; got {activation!r}")
     return gemm_int8_op(a, float(a_scale), int(a_zero_point), packed, col_sums, weight_scale, bias, int(out_features),
                         _OUT_DTYPES[out_dtype], _ACTIVATIONS[activation], float(out_scale), int(out_zero_point))
+
+
+def int8_matmul(a: Tensor, w: Tensor) -> Tensor:
+    """``a @ w.T`` in exact int32 for ``a`` (M, K) int8/uint8 and ``w`` (N, K) int8 (a Linear weight's layout), on
+    the CPU or on a GPU (the CUDA kernel; needs a ``PYSLIM_ENABLE_CUDA=ON`` build). On the CPU the weight is
+    packed at every call: to reuse it, pack once with ``pack_int8_weight`` and call ``gemm_int8``. Example::
+
+        >>> a = torch.randint(-128, 128, (4, 64), dtype=torch.int8)
+        >>> w = torch.randint(-127, 128, (32, 64), dtype=torch.int8)
+        >>> bool((int8_matmul(a, w) == a.int() @ w.int().T).all())
+        True
+    """
+    if not isinstance(a, Tensor) or a.dtype not in (torch.int8, torch.uint8) or a.dim() != 2:
+        raise TypeError(f"a must be a 2-D int8/uint8 tensor (M, K); got {getattr(a, 'dtype', type(a).__name__)} of "
+                        f"shape {tuple(getattr(a, 'shape', ()))}")
+    if not isinstance(w, Tensor) or w.dtype != torch.int8 or w.dim() != 2:
+        raise TypeError(f"w must be a 2-D int8 tensor (N, K); got {getattr(w, 'dtype', type(w).__name__)} of "
+                        f"shape {tuple(getattr(w, 'shape', ()))}")
+    if w.shape[1] != a.shape[1]:
+        raise ValueError(f"w must be (N, K) with a's K = {a.shape[1]}; got shape {tuple(w.shape)}")
+    if w.shape[0] < 1 or w.shape[1] < 1:
+        raise ValueError(f"w must have at least one row and one column; got shape {tuple(w.shape)}")
+    if a.device != w.device or a.device.type not in ("cpu", "cuda"):
+        raise ValueError(f"a and w must be on one device, the CPU or a GPU; got {a.device} and {w.device}")
+    return int8_matmul_op(a.contiguous(), w.contiguous())
 
 
 def linear_int8_dynamic(x: Tensor, packed: Tensor, col_sums: Tensor, weight_scale: Tensor, out_features: int,
@@ -399,7 +425,7 @@ def conv2d_int8(x: Tensor, x_scale: float, x_zero_point: int, weight_int8: Tenso
                           pair(stride), pair(padding), pair(dilation), int(groups), _ACTIVATIONS[activation])
 
 
-__all__ += ["pack_int8_weight", "gemm_int8", "linear_int8_dynamic", "conv2d_int8"]
+__all__ += ["pack_int8_weight", "gemm_int8", "int8_matmul", "linear_int8_dynamic", "conv2d_int8"]
 
 
 # --------------------------------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""torch.library custom ops over the native int8 GEMM / convolution drivers (CPU)."""
+"""torch.library custom ops over the native int8 GEMM / convolution drivers (CPU; int8_matmul also on CUDA)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import torch
 from torch import Tensor
 
 from pyslim import _C
-from pyslim._native import capsule, get_num_threads
+from pyslim._native import capsule, get_num_threads, stream_of
 
 # Output codes of gemm_int8.
 OUT_DTYPES = {torch.int32: 0, torch.float32: 1, torch.int8: 2, torch.uint8: 3}
@@ -109,6 +109,25 @@ def gemm_int8_op(a: Tensor, a_scale: float, a_zero_point: int, packed: Tensor, c
 def _(a, a_scale, a_zero_point, packed, col_sums, weight_scale, bias, out_features, out_dtype, activation, out_scale,
       out_zero_point):
     return a.new_empty(*a.shape[:-1], out_features, dtype=_CODE_DTYPE[out_dtype])
+
+
+@torch.library.custom_op("pyslim::int8_matmul", mutates_args=())
+def int8_matmul_op(a: Tensor, w: Tensor) -> Tensor:
+    """a (M, K) int8/uint8 times w (N, K) int8 transposed, exact int32 (M, N): the CUDA kernel for CUDA tensors,
+    the CPU path's packed GEMM otherwise. Both contiguous, on one device."""
+    n = w.shape[0]
+    if a.device.type == "cuda":
+        out = torch.empty(a.shape[0], n, dtype=torch.int32, device=a.device)
+        with torch.cuda.device(a.device):
+            _C.int8_matmul_cuda(capsule(a), capsule(w), capsule(out), stream_of(a))
+        return out
+    packed, _ = pack_int8_weight_op(w, 1)
+    return gemm_int8_op(a, 1.0, 0, packed, None, None, None, n, OUT_DTYPES[torch.int32], 0, 1.0, 0)
+
+
+@int8_matmul_op.register_fake
+def _(a, w):
+    return a.new_empty(a.shape[0], w.shape[0], dtype=torch.int32)
 
 
 def _conv_out_hw(h: int, w: int, kernel: Tuple[int, int], stride: List[int], padding: List[int],

@@ -134,3 +134,23 @@ def test_cuda_masked_forward_and_backward(shape, axis, round_mode):
     out.backward(g.cuda())
     want, _, _ = F.fake_quant_affine_backward_op(x, g, scale, zp, axis, -128, 127, rm, 1, False)
     assert torch.equal(xd.grad.cpu().view(torch.int32), want.view(torch.int32))
+
+
+@pytest.mark.parametrize("m,n,k", [(1, 1, 1), (1, 4096, 4096), (3, 17, 65), (17, 4097, 15), (65, 63, 4097),
+                                   (128, 256, 512), (0, 5, 7)])
+def test_cuda_int8_matmul_exact(m, n, k):
+    w = torch.randint(-128, 128, (n, k), dtype=torch.int8)
+    for a in (torch.randint(-128, 128, (m, k), dtype=torch.int8), torch.randint(0, 256, (m, k), dtype=torch.uint8)):
+        got = ops.int8_matmul(a.cuda(), w.cuda())
+        assert got.is_cuda and got.dtype == torch.int32
+        same(got, R.gemm_int32(a, w))
+    extremes = torch.full((max(m, 1), k), -128, dtype=torch.int8)
+    same(ops.int8_matmul(extremes.cuda(), w.cuda()), R.gemm_int32(extremes, w))
+
+
+def test_cuda_int8_matmul_matches_torch_int_mm_and_refuses_mixed_devices():
+    a = torch.randint(-128, 128, (32, 256), dtype=torch.int8, device="cuda")
+    w = torch.randint(-128, 128, (64, 256), dtype=torch.int8, device="cuda")
+    same(ops.int8_matmul(a, w), torch._int_mm(a, w.t().contiguous()))
+    with pytest.raises(ValueError, match="a and w must be on one device"):
+        ops.int8_matmul(a, w.cpu())

@@ -38,6 +38,18 @@ def test_gemm_int32_exact(isa, m, n, k):
         assert torch.equal(got, R.gemm_int32(a, w)), (isa, m, n, k, a.dtype)
 
 
+@pytest.mark.parametrize("m,n,k", [(1, 1, 1), (3, 17, 65), (17, 4097, 15), (65, 63, 4097), (0, 5, 7)])
+def test_int8_matmul_exact(isa, m, n, k):
+    """The one-call form (packs w itself on the CPU; the CUDA kernel on a GPU, see tests/ops/test_cuda.py)."""
+    w = int8(n, k)
+    for a in (int8(m, k), torch.randint(0, 256, (m, k), dtype=torch.uint8)):
+        got = ops.int8_matmul(a, w)
+        assert got.dtype == torch.int32 and torch.equal(got, R.gemm_int32(a, w)), (isa, m, n, k, a.dtype)
+    # Non-contiguous operands are read through a copy (a transposed view of a (K, M) tensor).
+    at = int8(k, m).t()
+    assert torch.equal(ops.int8_matmul(at, w), R.gemm_int32(at.contiguous(), w))
+
+
 def test_gemm_saturation_hazard_extremes(isa):
     """u8 255 x s8 -128 pairs overflow int16 (the vpmaddubsw hazard): results must stay exact."""
     for k in (2, 64, 1031):
@@ -242,6 +254,20 @@ def test_int8_op_errors():
         ops.pack_int8_weight(w, groups=3)
     with pytest.raises(ValueError, match=r"weight_scale must have 8 element"):
         ops.linear_int8_dynamic(torch.randn(2, 16), packed, col_sums, torch.ones(7), 8)
+    with pytest.raises(TypeError, match=r"a must be a 2-D int8/uint8 tensor"):
+        ops.int8_matmul(torch.randn(2, 16), w)
+    with pytest.raises(TypeError, match=r"w must be a 2-D int8 tensor"):
+        ops.int8_matmul(int8(2, 16), w.to(torch.uint8))
+    with pytest.raises(ValueError, match=r"w must be \(N, K\) with a's K = 15"):
+        ops.int8_matmul(int8(2, 15), w)
+    with pytest.raises(ValueError, match=r"at least one row and one column"):
+        ops.int8_matmul(int8(2, 0), int8(3, 0))
+    with pytest.raises(ValueError, match=r"a and w must be on one device"):
+        ops.int8_matmul(int8(2, 16), w.to("meta"))
+    from pyslim import _C
+    from pyslim._native import capsule
+    with pytest.raises(ValueError, match=r"a must be a CUDA tensor; got a CPU tensor"):  # the native entry itself
+        _C.int8_matmul_cuda(capsule(int8(2, 16)), capsule(w), capsule(torch.empty(2, 8, dtype=torch.int32)), 0)
 
 
 def test_int8_ops_opcheck():
@@ -252,6 +278,7 @@ def test_int8_ops_opcheck():
                                                      torch.randn(8), 8, True, False, 1))
     torch.library.opcheck(I.gemm_int8_op, (int8(3, 16), 0.1, 2, packed, col_sums, torch.rand(8) + 0.1, None, 8, 1, 0,
                                            1.0, 0))
+    torch.library.opcheck(I.int8_matmul_op, (int8(3, 16), w))
     x = int8(1, 5, 5, 4)
     cpacked, ccols = ops.pack_int8_weight(int8(6, 36), 1)
     torch.library.opcheck(I.conv2d_int8_op, (x, 0.1, 0, cpacked, None, ccols, torch.rand(6) + 0.1, None, 6, 3, 3,
