@@ -319,7 +319,6 @@ void conv2d_run(const TensorArg& x, const void* xq, bool x_signed, const float* 
   }
   const int nt = threads_arg(threads);
   const KernelTable& t = active_kernels();
-  const int64_t x_numel = s.batch * s.in_h * s.in_w * s.in_c;
   if (dw_weight_cap) {
     const TensorArg w = tensor_arg(*dw_weight_cap, "weight");
     w.require_dtype(DType::kInt8).require_contiguous();
@@ -328,10 +327,13 @@ void conv2d_run(const TensorArg& x, const void* xq, bool x_signed, const float* 
     if (w.shape() != std::vector<int64_t>{kernel_h, kernel_w, s.in_c})
       throw py::value_error("depthwise weight must be (kernel_h, kernel_w, C); got " + w.shape_string());
     py::gil_scoped_release release;
-    if (quantize_from)
-      xq = quantize_activations(t, quantize_from, x_numel, static_cast<float>(x_scale),
-                                static_cast<int32_t>(x_zero_point), nt);
-    depthwise_conv2d_nhwc(t, xq, x_signed, static_cast<int32_t>(x_zero_point), w.ptr<int8_t>(), s, e, out.data(), nt);
+    if (quantize_from) {
+      depthwise_conv2d_nhwc_float(t, quantize_from, static_cast<float>(x_scale), static_cast<int32_t>(x_zero_point),
+                                  w.ptr<int8_t>(), s, e, out.data(), nt);
+    } else {
+      depthwise_conv2d_nhwc(t, xq, x_signed, static_cast<int32_t>(x_zero_point), w.ptr<int8_t>(), s, e, out.data(),
+                            nt);
+    }
     return;
   }
   if (!packed_cap) throw py::value_error("packed weights are required for a non-depthwise convolution");

@@ -382,13 +382,19 @@ void conv2d_nhwc(const KernelTable& k, const void* x, bool x_signed, int32_t pad
   });
 }
 
-void depthwise_conv2d_nhwc(const KernelTable& k, const void* x, bool x_signed, int32_t pad_value, const int8_t* w,
-                           const ConvShape& s, const GemmEpilogue& e, void* out, int threads) {
+namespace {
+
+// The depthwise tasks: runs of whole (b, oh) output rows, as many as fit an int32 block of
+// kDepthwiseAccBytes, and a multiple of the thread count. x_float non-null: x is float32, and each task first
+// quantizes the input rows its output rows read (halo included) into its own thread's scratch.
+void depthwise_tasks(const KernelTable& k, const void* x, bool x_signed, const float* x_float, float x_scale,
+                     int32_t pad_value, const int8_t* w, const ConvShape& s, const GemmEpilogue& e, void* out,
+                     int threads) {
   const int64_t rows = s.batch * s.out_h;  // (b, oh) rows of out_w x C outputs
   if (rows == 0 || s.out_w == 0 || s.out_c == 0) return;
   DepthwiseShape d{s.batch, s.in_h, s.in_w, s.in_c, s.kernel_h, s.kernel_w, s.out_h, s.out_w,
                    s.stride_h, s.stride_w, s.pad_h, s.pad_w, s.dilation_h, s.dilation_w};
-  const int64_t row_elems = s.out_w * s.out_c;
+  const int64_t row_elems = s.out_w * s.out_c, in_row = s.in_w * s.in_c;
   const int64_t nt = std::max<int64_t>(1, std::min<int64_t>(threads, rows));
   const int64_t max_rows = std::max<int64_t>(1, kDepthwiseAccBytes / (row_elems * 4));
   const int64_t tasks = std::min(rows, nt * ceil_div(rows, nt * max_rows));
@@ -396,11 +402,44 @@ void depthwise_conv2d_nhwc(const KernelTable& k, const void* x, bool x_signed, i
   ek.k = s.kernel_h * s.kernel_w;
   parallel_for(tasks, threads, [&](int64_t task) {
     const int64_t r0 = rows * task / tasks, r1 = rows * (task + 1) / tasks;
+    const void* xt = x;
+    if (x_float != nullptr) {
+      // Input rows (flattened b * in_h + ih) that output rows [r0, r1) read: from the first tap row of the
+      // first to the last tap row of the last, clipped to their images (padding rows are never read).
+      const int64_t b0 = r0 / s.out_h, oh0 = r0 % s.out_h, b1 = (r1 - 1) / s.out_h, oh1 = (r1 - 1) % s.out_h;
+      const int64_t lo = b0 * s.in_h + std::max<int64_t>(0, oh0 * s.stride_h - s.pad_h);
+      const int64_t hi = b1 * s.in_h + std::min<int64_t>(s.in_h - 1, oh1 * s.stride_h - s.pad_h +
+                                                                        (s.kernel_h - 1) * s.dilation_h);
+      // The kernel addresses rows by their index in the whole tensor: a base pointer offset by -lo rows.
+      uint8_t* q = thread_scratch_as<uint8_t>(ScratchSlot::kQuantized,
+                                              static_cast<size_t>(std::max<int64_t>(hi - lo + 1, 1) * in_row));
+      if (hi >= lo)
+        k.quantize_int8(x_float + lo * in_row, reinterpret_cast<int8_t*>(q), (hi - lo + 1) * in_row, &x_scale,
+                        &pad_value, 0, -128, 127, RoundMode::kHalfToEven);
+      xt = q - lo * in_row;
+    }
     int32_t* acc = thread_scratch_as<int32_t>(ScratchSlot::kAccumulator, static_cast<size_t>((r1 - r0) * row_elems));
     int32_t* base = acc - r0 * row_elems;  // the kernel writes absolute (b, oh) rows
-    k.depthwise_conv_s32(x, x_signed, pad_value, w, base, d, r0, r1);
+    k.depthwise_conv_s32(xt, x_signed, pad_value, w, base, d, r0, r1);
     k.gemm_epilogue(acc, s.out_c, (r1 - r0) * s.out_w, r0 * s.out_w, 0, s.out_c, ek, out, s.out_c);
   });
+}
+
+}  // namespace
+
+void depthwise_conv2d_nhwc(const KernelTable& k, const void* x, bool x_signed, int32_t pad_value, const int8_t* w,
+                           const ConvShape& s, const GemmEpilogue& e, void* out, int threads) {
+  depthwise_tasks(k, x, x_signed, nullptr, 1.0f, pad_value, w, s, e, out, threads);
+}
+
+void depthwise_conv2d_nhwc_float(const KernelTable& k, const float* x, float x_scale, int32_t x_zero_point,
+                                 const int8_t* w, const ConvShape& s, const GemmEpilogue& e, void* out, int threads) {
+  if (threads <= 1) {  // one core: quantize every input row once (the tasks' shared rows are not done twice)
+    const int8_t* q = quantize_activations(k, x, s.batch * s.in_h * s.in_w * s.in_c, x_scale, x_zero_point, 1);
+    depthwise_tasks(k, q, true, nullptr, 1.0f, x_zero_point, w, s, e, out, 1);
+    return;
+  }
+  depthwise_tasks(k, nullptr, true, x, x_scale, x_zero_point, w, s, e, out, threads);
 }
 
 void conv2d_nhwc_float(const KernelTable& k, const float* x, float x_scale, int32_t x_zero_point, const void* packed,

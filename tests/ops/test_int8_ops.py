@@ -199,6 +199,26 @@ def test_conv_float_input_is_quantize_then_conv(isa, threads, cfg):
     assert torch.equal(got_direct, want)
 
 
+@pytest.mark.parametrize("nthreads", [2, 3])
+@pytest.mark.parametrize("stride,dilation", [(1, 1), (2, 1), (1, 2)])
+@pytest.mark.parametrize("c,h,w_", [(144, 13, 57), (16, 13, 20)])
+def test_depthwise_float_input_tasks_quantize_their_own_rows(isa, nthreads, stride, dilation, c, h, w_):
+    """With several threads each depthwise task quantizes the input rows it reads (its halo too): tasks that
+    start inside an image (57 x 144 int32 is 32 KiB a row: tasks of a few rows) or span two images (narrow
+    rows: one task per thread over 3 images) must still give the quantize op's values."""
+    pyslim.set_num_threads(nthreads)
+    try:
+        x = torch.randn(3, h, w_, c) * 3
+        x.view(-1)[::101] = float("nan")
+        x_scale, x_zp = 0.02, 4
+        _, wscale, bias, packed, dw, col_sums = conv_weights(c, 1, (3, 3), c, True)
+        args = (packed, dw, col_sums, wscale, bias, c, 3, 3, [stride, stride], [1, 1], [dilation, dilation], c, 2)
+        want = I.conv2d_int8_op(ops.quantize(x, x_scale, x_zp, dtype=torch.int8), x_scale, x_zp, *args)
+        assert torch.equal(I.conv2d_int8_float_input_op(x, x_scale, x_zp, *args), want)
+    finally:
+        pyslim.set_num_threads(None)
+
+
 def test_direct_calls_match_the_ops_and_step_aside_when_needed():
     w = int8(24, 40)
     packed, col_sums = ops.pack_int8_weight(w)
