@@ -233,6 +233,12 @@ namespace {
 // v of the padded image and whose K runs over the KH kernel rows, each KW * C contiguous bytes, dilation_h * Wp pixels
 // apart. Rows with ow >= OW (the Wp - OW columns between output rows) are computed and dropped: (Wp - OW) / Wp
 // extra work (3 % for a 3x3 over 56 columns) against an im2col copy of KH * KW times the input.
+// 1x1, stride 1, no padding, one group: a plain GEMM over the pixels (see conv2d_nhwc).
+bool pointwise(const ConvShape& s) {
+  return s.groups == 1 && s.kernel_h == 1 && s.kernel_w == 1 && s.stride_h == 1 && s.stride_w == 1 && s.pad_h == 0 &&
+         s.pad_w == 0;
+}
+
 // True when conv2d_implicit applies (see conv2d_nhwc).
 bool implicit_ok(const KernelTable& k, const ConvShape& s) {
   return k.conv_implicit_s32 != nullptr && s.groups == 1 && s.stride_h == 1 && s.stride_w == 1 &&
@@ -323,8 +329,7 @@ void conv2d_nhwc(const KernelTable& k, const void* x, bool x_signed, int32_t pad
   const auto* wb = static_cast<const uint8_t*>(packed);
   if (pixels == 0 || s.out_c == 0) return;
   // 1x1, stride 1, no padding, one group: the activations already are the GEMM's A matrix.
-  if (groups == 1 && s.kernel_h == 1 && s.kernel_w == 1 && s.stride_h == 1 && s.stride_w == 1 && s.pad_h == 0 &&
-      s.pad_w == 0) {
+  if (pointwise(s)) {
     gemm(k, x, x_signed, s.in_c, packed, pixels, s.out_c, s.in_c, e, out, s.out_c, threads);
     return;
   }
@@ -447,6 +452,19 @@ void conv2d_nhwc_float(const KernelTable& k, const float* x, float x_scale, int3
   if (s.batch * s.out_h * s.out_w == 0 || s.out_c == 0) return;
   if (implicit_ok(k, s)) {
     conv2d_implicit(k, nullptr, x, x_scale, true, x_zero_point, packed, s, e, out, threads);
+    return;
+  }
+  const int64_t pixels = s.batch * s.out_h * s.out_w;
+  if (pointwise(s) && threads > 1 &&
+      gemm_grid(pixels, s.out_c, std::max<int64_t>(k.gemm_n_step, 1), threads).col_blocks == 1) {
+    // Each row block belongs to one task, which quantizes it just before its GEMM: the int8 rows are read by
+    // the core that wrote them (see depthwise_conv2d_nhwc_float).
+    int8_t* q = thread_scratch_as<int8_t>(ScratchSlot::kQuantized, static_cast<size_t>(pixels * s.in_c));
+    gemm_tasks(k, q, true, s.in_c, packed, pixels, s.out_c, s.in_c, e, out, s.out_c, threads,
+               [&](int64_t m0, int64_t rows) {
+                 k.quantize_int8(x + m0 * s.in_c, q + m0 * s.in_c, rows * s.in_c, &x_scale, &x_zero_point, 0, -128,
+                                 127, RoundMode::kHalfToEven);
+               });
     return;
   }
   const int8_t* q = quantize_activations(k, x, s.batch * s.in_h * s.in_w * s.in_c, x_scale, x_zero_point, threads);

@@ -143,6 +143,7 @@ LARGE_CONVS = [
     (64, 64, (3, 3), (1, 1), (1, 1), (1, 1), 1, 20, 19),     # K = 576: one K block, A read in place
     (6, 10, (3, 3), (2, 1), (1, 1), (1, 2), 2, 25, 23),      # grouped, dilated along W
     (24, 24, (3, 3), (1, 1), (1, 1), (1, 1), 24, 30, 17),    # depthwise, several row tasks
+    (32, 80, (1, 1), (1, 1), (0, 0), (1, 1), 1, 21, 23),     # 1x1: a GEMM of 8 row blocks, one column block
     # Stride-1 single-group convolutions with KW * C % 4 == 0 take the implicit-GEMM path where a path has one
     # (avx512vnni): dilated rows, an even and a one-row kernel, more than one 64-column panel, no padding,
     # and kernel rows too long for one K block (256 * 3 bytes), which are split into chunks.
