@@ -1,5 +1,6 @@
 // The fork-join pool: every task runs exactly once, for back-to-back calls (helpers still spinning), calls
-// after the helpers went to sleep, changing thread and task counts, nested calls, and several callers.
+// after the helpers went to sleep or while they wake, changing thread and task counts, nested calls, and
+// several callers.
 #include <gtest/gtest.h>
 
 #include <atomic>
@@ -28,6 +29,18 @@ TEST(ThreadPool, CallsAfterHelpersSleep) {
   for (int rep = 0; rep < 4; ++rep) {
     expect_each_once(64, 3);
     std::this_thread::sleep_for(std::chrono::milliseconds(3));  // past the spin: helpers wait on the condvar
+  }
+}
+
+TEST(ThreadPool, CallsAroundTheSpinDeadline) {
+  // Helpers that wake while the caller is closing the call (or after it returned and the next call began)
+  // must neither run a task of a finished call nor miss one of the next: every gap around the 100 us spin.
+  for (int gap_us : {0, 50, 90, 100, 110, 150, 300, 2000}) {
+    for (int rep = 0; rep < 20; ++rep) {
+      expect_each_once(2, 2);
+      expect_each_once(64, 4);
+      std::this_thread::sleep_for(std::chrono::microseconds(gap_us));
+    }
   }
 }
 
