@@ -1,5 +1,6 @@
 // Standalone parity check + timing of the CUDA int8 GEMM, its float epilogue and the depthwise convolution
-// (csrc/kernels/cuda/gemm.cu) against the CPU reference table (pyslim::kernel_table(Isa::kReference)).
+// (csrc/kernels/cuda/gemm.cu) against the CPU reference table (pyslim::kernel_table(Isa::kReference)); the
+// general convolution against the CPU driver conv2d_nhwc on that table.
 // Needs a GPU (sm_80 or newer for the tensor-core path). CMake target pyslim_cuda_parity (configure with
 // -DPYSLIM_ENABLE_CUDA=ON -DPYSLIM_BUILD_TESTS=ON); bench/cuda_check.sh builds and runs it on a GPU machine.
 //   BUILD/pyslim_cuda_parity           # parity cases, then timings
@@ -300,6 +301,84 @@ void check_depthwise(const pyslim::DepthwiseShape& s, bool x_signed, int32_t pad
 }
 
 // ---------------------------------------------------------------------------------------------------------
+// conv2d_s32
+// ---------------------------------------------------------------------------------------------------------
+
+struct ConvCase {
+  int64_t b, h, w, cin, cout, kh, kw, sh, sw, ph, pw, dh, dw, groups;
+};
+
+pyslim::ConvShape conv_shape(const ConvCase& c) {
+  pyslim::ConvShape s{};
+  s.batch = c.b;
+  s.in_h = c.h;
+  s.in_w = c.w;
+  s.in_c = c.cin;
+  s.out_c = c.cout;
+  s.kernel_h = c.kh;
+  s.kernel_w = c.kw;
+  s.stride_h = c.sh;
+  s.stride_w = c.sw;
+  s.pad_h = c.ph;
+  s.pad_w = c.pw;
+  s.dilation_h = c.dh;
+  s.dilation_w = c.dw;
+  s.groups = c.groups;
+  s.out_h = (c.h + 2 * c.ph - c.dh * (c.kh - 1) - 1) / c.sh + 1;
+  s.out_w = (c.w + 2 * c.pw - c.dw * (c.kw - 1) - 1) / c.sw + 1;
+  return s;
+}
+
+// Against the CPU driver conv2d_nhwc on the reference table with an int32 epilogue (exact sums).
+void check_conv(const ConvCase& c, bool x_signed, int32_t pad_value, std::mt19937& rng) {
+  const pyslim::ConvShape s = conv_shape(c);
+  const int64_t cin_g = s.in_c / s.groups, cout_g = s.out_c / s.groups, kg = s.kernel_h * s.kernel_w * cin_g;
+  const int64_t pixels = s.batch * s.out_h * s.out_w;
+  const std::vector<uint8_t> x = random_bytes(static_cast<size_t>(s.batch * s.in_h * s.in_w * s.in_c), rng);
+  const std::vector<uint8_t> w = random_bytes(static_cast<size_t>(s.out_c * kg), rng);
+  const size_t out_elems = static_cast<size_t>(pixels * s.out_c);
+  const int64_t ws_bytes = pyslim::cuda::conv2d_workspace_bytes(s);
+  DeviceBuffer dx(x.size(), 0), dw(w.size(), 0), dout(out_elems * 4, 0), dws(static_cast<size_t>(ws_bytes), 0);
+  upload(dx, x);
+  upload(dw, w);
+  upload(dout, std::vector<int32_t>(out_elems, kSentinel));
+  char name[220];
+  std::snprintf(name, sizeof(name),
+                "conv2d_s32 %s N=%" PRId64 " H=%" PRId64 " W=%" PRId64 " C=%" PRId64 "->%" PRId64 " k=%" PRId64
+                "x%" PRId64 " s=%" PRId64 ",%" PRId64 " p=%" PRId64 ",%" PRId64 " d=%" PRId64 ",%" PRId64
+                " g=%" PRId64 " pad_value=%d",
+                x_signed ? "s8" : "u8", c.b, c.h, c.w, c.cin, c.cout, c.kh, c.kw, c.sh, c.sw, c.ph, c.pw, c.dh, c.dw,
+                c.groups, pad_value);
+  try {
+    pyslim::cuda::conv2d_s32(dx.get<void>(), x_signed, pad_value, dw.get<int8_t>(), dout.get<int32_t>(), s,
+                             dws.get<void>(), 0);
+    CUDA_OK(cudaDeviceSynchronize());
+  } catch (const std::exception& e) {
+    report(false, name, e.what());
+    return;
+  }
+  const std::vector<int32_t> got = download<int32_t>(dout, out_elems);
+  const pyslim::KernelTable& t = reference();
+  const int64_t group_stride = (t.gemm_packed_size(cout_g, kg) + 63) / 64 * 64;
+  std::vector<uint8_t> packed(static_cast<size_t>(group_stride * s.groups) + 64);
+  for (int64_t g = 0; g < s.groups; ++g)
+    t.gemm_pack(reinterpret_cast<const int8_t*>(w.data()) + g * cout_g * kg, cout_g, kg, packed.data() + g * group_stride);
+  pyslim::GemmEpilogue e;
+  e.kind = pyslim::GemmEpilogue::kInt32;
+  std::vector<int32_t> want(out_elems, 0);
+  pyslim::conv2d_nhwc(t, x.data(), x_signed, pad_value, packed.data(), group_stride, s, e, want.data(), 1);
+  for (size_t i = 0; i < out_elems; ++i) {
+    if (got[i] != want[i]) {
+      char detail[96];
+      std::snprintf(detail, sizeof(detail), "at flat index %zu: got %d want %d", i, got[i], want[i]);
+      report(false, name, detail);
+      return;
+    }
+  }
+  report(true, name);
+}
+
+// ---------------------------------------------------------------------------------------------------------
 // Timing
 // ---------------------------------------------------------------------------------------------------------
 
@@ -454,6 +533,20 @@ int main(int argc, char** argv) {
       {2, 8, 8, 8, 5, 5, 1, 2, 1},  {1, 9, 11, 17, 3, 3, 1, 2, 2},  {3, 14, 14, 32, 3, 3, 2, 0, 1},
       {1, 6, 6, 12, 7, 7, 1, 3, 1}, {1, 4, 4, 5, 3, 3, 1, 3, 1},    {2, 13, 7, 96, 3, 3, 2, 1, 1},
   };
+  // conv2d_s32: 1x1, 3x3 with padding, strides, dilation, groups (and depthwise through the general path),
+  // an asymmetric kernel, a stem, and a padding larger than the kernel's reach.
+  const ConvCase conv_cases[] = {
+      {1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 1, 1, 1},      {2, 7, 7, 64, 256, 1, 1, 1, 1, 0, 0, 1, 1, 1},
+      {1, 9, 7, 16, 32, 3, 3, 1, 1, 1, 1, 1, 1, 1},    {2, 11, 10, 8, 8, 3, 3, 2, 2, 1, 1, 1, 1, 8},
+      {1, 12, 12, 17, 34, 5, 5, 1, 1, 2, 2, 2, 2, 17}, {2, 8, 9, 12, 24, 3, 1, 1, 2, 1, 0, 1, 1, 4},
+      {1, 15, 15, 3, 7, 7, 7, 2, 2, 3, 3, 1, 1, 1},    {1, 6, 70, 10, 6, 3, 3, 1, 3, 1, 1, 1, 2, 2},
+      {2, 4, 4, 5, 9, 3, 3, 1, 1, 3, 3, 1, 1, 1},      {1, 28, 28, 64, 64, 3, 3, 1, 1, 1, 1, 1, 1, 1},
+  };
+  for (const ConvCase& c : conv_cases) {
+    check_conv(c, false, 131, rng);
+    check_conv(c, true, -7, rng);
+  }
+
   for (const DwCase& d : dw_cases) {
     const pyslim::DepthwiseShape s = dw_shape(d.b, d.h, d.w, d.c, d.kh, d.kw, d.stride, d.pad, d.dil);
     check_depthwise(s, false, 128, 0, rng);

@@ -7,6 +7,7 @@
 #include <cstdint>
 
 #include "pyslim/fake_quant.h"
+#include "pyslim/gemm.h"
 
 namespace pyslim {
 namespace cuda {
@@ -63,6 +64,18 @@ void gemm_epilogue_f32(const int32_t* acc, int64_t ldacc, int64_t M, int64_t N, 
 
 void depthwise_conv_s32(const void* x, bool x_signed, int32_t pad_value, const int8_t* w, int32_t* out,
                         const DepthwiseShape& shape, intptr_t stream);
+
+// General 2-D convolution over NHWC (any stride, padding, dilation, groups), exact int32, the semantics of the
+// CPU driver conv2d_nhwc with an int32 epilogue (gemm.h):
+//   out[b][oh][ow][g * cout_g + n] = sum_{i, j, c < cin_g} x[b][ih][iw][g * cin_g + c] * w[g * cout_g + n][(i * KW + j) * cin_g + c]
+// with positions outside the input reading pad_value, which must be a byte of x's type (a zero point). w:
+// out_c rows of KH * KW * cin_g int8 (torch's (Cout, Cin/g, KH, KW) weight permuted to (Cout, KH, KW, Cin/g)),
+// unpacked. Each group is copied into `workspace` by an im2col kernel (pixels x KH * KW * cin_g bytes) and
+// multiplied by gemm_s32; workspace: conv2d_workspace_bytes(shape) device bytes, reused group after group in
+// stream order.
+int64_t conv2d_workspace_bytes(const ConvShape& shape);
+void conv2d_s32(const void* x, bool x_signed, int32_t pad_value, const int8_t* w, int32_t* out,
+                const ConvShape& shape, void* workspace, intptr_t stream);
 
 // ---- FPGM scores ----
 // out[i] = sum_j ||W[i] - W[j]||_2 for W: C x K float32 row-major (contiguous) on the device; out: C doubles

@@ -23,6 +23,9 @@
 // depthwise_conv_s32: one thread per output (pixel, channel) or (pixel, 4 channels), exact int32 sums in the
 //   reference's formula; taps outside the input read pad_value.
 //
+// conv2d_s32: per group, an im2col kernel (one thread per byte) into the caller's workspace, then gemm_s32 with
+//   the group's output columns (ldc = out_c), so the sums are exactly the GEMM's.
+//
 // Launches use the current device and the caller's stream; nothing is allocated and nothing synchronises.
 // Empty outputs launch nothing.
 #include <cuda_runtime.h>
@@ -44,6 +47,7 @@ constexpr int64_t kSkinnyRows = 8;     // rows per skinny-kernel pass; M up to t
 constexpr int kSkinnyThreads = 256;    // 8 warps, one output column each
 constexpr int kEpilogueThreads = 256;
 constexpr int kDepthwiseThreads = 256;
+constexpr int kIm2colThreads = 256;
 constexpr unsigned kMaxGridY = 65535;
 
 // ---------------------------------------------------------------------------------------------------------
@@ -644,6 +648,29 @@ void launch_depthwise(const uint8_t* x, int32_t pad_value, const int8_t* w, int3
   }
 }
 
+// ---------------------------------------------------------------------------------------------------------
+// General convolution: im2col of one group, then gemm_s32
+// ---------------------------------------------------------------------------------------------------------
+
+// A[p][k] for pixel p = (b, oh, ow) and k = (i * KW + j) * cin_g + c: the input byte at (ih, iw, g * cin_g + c),
+// or pad_byte outside the input. One thread per byte (grid-stride).
+__global__ void __launch_bounds__(kIm2colThreads)
+    im2col_kernel(const uint8_t* x, uint8_t pad_byte, ConvShape s, int64_t group, uint8_t* A, int64_t total) {
+  const int64_t cin_g = s.in_c / s.groups, kg = s.kernel_h * s.kernel_w * cin_g;
+  const int64_t step = static_cast<int64_t>(gridDim.x) * blockDim.x;
+  for (int64_t idx = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; idx < total; idx += step) {
+    const int64_t p = idx / kg, k = idx - p * kg;
+    const int64_t c = k % cin_g, tap = k / cin_g, j = tap % s.kernel_w, i = tap / s.kernel_w;
+    const int64_t ow = p % s.out_w, row = p / s.out_w, oh = row % s.out_h, b = row / s.out_h;
+    const int64_t ih = oh * s.stride_h - s.pad_h + i * s.dilation_h;
+    const int64_t iw = ow * s.stride_w - s.pad_w + j * s.dilation_w;
+    uint8_t v = pad_byte;
+    if (ih >= 0 && ih < s.in_h && iw >= 0 && iw < s.in_w)
+      v = __ldg(x + ((b * s.in_h + ih) * s.in_w + iw) * s.in_c + group * cin_g + c);
+    A[idx] = v;
+  }
+}
+
 }  // namespace
 
 void gemm_s32(const void* A, bool a_signed, int64_t lda, const int8_t* W, int64_t M, int64_t N, int64_t K,
@@ -718,6 +745,50 @@ void depthwise_conv_s32(const void* x, bool x_signed, int32_t pad_value, const i
     }
   }
   check_launch("depthwise_conv_s32");
+}
+
+namespace {
+
+void check_conv_shape(const ConvShape& s, const char* what) {
+  if (s.batch < 0 || s.in_h < 0 || s.in_w < 0 || s.in_c < 0 || s.out_c < 0 || s.out_h < 0 || s.out_w < 0 ||
+      s.kernel_h < 1 || s.kernel_w < 1 || s.stride_h < 1 || s.stride_w < 1 || s.pad_h < 0 || s.pad_w < 0 ||
+      s.dilation_h < 1 || s.dilation_w < 1 || s.groups < 1 || s.in_c % s.groups != 0 || s.out_c % s.groups != 0) {
+    throw std::invalid_argument(std::string("pyslim CUDA ") + what + ": invalid convolution shape");
+  }
+}
+
+}  // namespace
+
+int64_t conv2d_workspace_bytes(const ConvShape& s) {
+  check_conv_shape(s, "conv2d_workspace_bytes");
+  return s.batch * s.out_h * s.out_w * s.kernel_h * s.kernel_w * (s.in_c / s.groups);
+}
+
+void conv2d_s32(const void* x, bool x_signed, int32_t pad_value, const int8_t* w, int32_t* out, const ConvShape& s,
+                void* workspace, intptr_t stream) {
+  check_conv_shape(s, "conv2d_s32");
+  if (x_signed ? (pad_value < -128 || pad_value > 127) : (pad_value < 0 || pad_value > 255)) {
+    throw std::invalid_argument("pyslim CUDA conv2d_s32: pad_value must be a byte of x's type (a zero point)");
+  }
+  const int64_t pixels = s.batch * s.out_h * s.out_w, cin_g = s.in_c / s.groups, cout_g = s.out_c / s.groups;
+  const int64_t kg = s.kernel_h * s.kernel_w * cin_g;
+  if (pixels == 0 || s.out_c == 0) return;
+  if (kg == 0) {  // no input channels: every sum is empty
+    check(cudaMemsetAsync(out, 0, static_cast<size_t>(pixels * s.out_c) * 4, as_stream(stream)), "conv2d_s32");
+    return;
+  }
+  const DeviceInfo dev = device_info("conv2d_s32");
+  const int64_t total = pixels * kg;
+  const int64_t max_blocks = static_cast<int64_t>(dev.sms) * (2048 / kIm2colThreads) * 8;
+  const unsigned blocks = grid_dim(std::min(ceil_div(total, kIm2colThreads), max_blocks), INT32_MAX);
+  auto* A = static_cast<uint8_t*>(workspace);
+  const auto pad_byte = static_cast<uint8_t>(pad_value & 0xff);
+  for (int64_t g = 0; g < s.groups; ++g) {
+    im2col_kernel<<<blocks, kIm2colThreads, 0, as_stream(stream)>>>(static_cast<const uint8_t*>(x), pad_byte, s, g,
+                                                                     A, total);
+    check_launch("conv2d_s32 (im2col)");
+    gemm_s32(A, x_signed, kg, w + g * cout_g * kg, pixels, cout_g, kg, out + g * cout_g, s.out_c, stream);
+  }
 }
 
 }  // namespace cuda
