@@ -243,6 +243,19 @@ void check_epilogue(int64_t M, int64_t N, bool per_row, bool with_bias, bool wit
 // depthwise_conv_s32
 // ---------------------------------------------------------------------------------------------------------
 
+// Reports `name` passed when got == want, else the first differing element.
+void report_equal(const std::vector<int32_t>& got, const std::vector<int32_t>& want, const char* name) {
+  for (size_t i = 0; i < want.size(); ++i) {
+    if (got[i] != want[i]) {
+      char detail[96];
+      std::snprintf(detail, sizeof(detail), "at flat index %zu: got %d want %d", i, got[i], want[i]);
+      report(false, name, detail);
+      return;
+    }
+  }
+  report(true, name);
+}
+
 pyslim::DepthwiseShape dw_shape(int64_t b, int64_t h, int64_t w, int64_t c, int64_t kh, int64_t kw, int64_t stride,
                                 int64_t pad, int64_t dil) {
   pyslim::DepthwiseShape s{};
@@ -289,15 +302,7 @@ void check_depthwise(const pyslim::DepthwiseShape& s, bool x_signed, int32_t pad
   std::vector<int32_t> want(out_elems, 0);
   reference().depthwise_conv_s32(x.data(), x_signed, pad_value, reinterpret_cast<const int8_t*>(w.data()),
                                  want.data(), s, 0, s.batch * s.out_h);
-  for (size_t i = 0; i < out_elems; ++i) {
-    if (got[i] != want[i]) {
-      char detail[96];
-      std::snprintf(detail, sizeof(detail), "at flat index %zu: got %d want %d", i, got[i], want[i]);
-      report(false, name, detail);
-      return;
-    }
-  }
-  report(true, name);
+  report_equal(got, want, name);
 }
 
 // ---------------------------------------------------------------------------------------------------------
@@ -367,15 +372,7 @@ void check_conv(const ConvCase& c, bool x_signed, int32_t pad_value, std::mt1993
   e.kind = pyslim::GemmEpilogue::kInt32;
   std::vector<int32_t> want(out_elems, 0);
   pyslim::conv2d_nhwc(t, x.data(), x_signed, pad_value, packed.data(), group_stride, s, e, want.data(), 1);
-  for (size_t i = 0; i < out_elems; ++i) {
-    if (got[i] != want[i]) {
-      char detail[96];
-      std::snprintf(detail, sizeof(detail), "at flat index %zu: got %d want %d", i, got[i], want[i]);
-      report(false, name, detail);
-      return;
-    }
-  }
-  report(true, name);
+  report_equal(got, want, name);
 }
 
 // ---------------------------------------------------------------------------------------------------------

@@ -216,6 +216,20 @@ __attribute__((noinline)) void micro_kernel(const uint8_t* a_base, int64_t row_s
 }
 #undef PYSLIM_VNNI_ROWS
 
+// One row tile of `rows` (1..kMR) rows of A at `a`, `row_stride` bytes apart, over kg groups (micro_kernel).
+template <bool kFlip>
+void tile(int64_t rows, const uint8_t* a, int64_t row_stride, const int8_t* wp, int64_t kg, int32_t* c, int64_t ldc,
+          const int32_t* b, bool first, int64_t cols, const int8_t* pf, int64_t pfn) {
+  switch (rows) {
+    case 1: micro_kernel<1, kFlip>(a, row_stride, 4, wp, kg, c, ldc, b, first, cols, 1, 0, pf, pfn); break;
+    case 2: micro_kernel<2, kFlip>(a, row_stride, 4, wp, kg, c, ldc, b, first, cols, 1, 0, pf, pfn); break;
+    case 3: micro_kernel<3, kFlip>(a, row_stride, 4, wp, kg, c, ldc, b, first, cols, 1, 0, pf, pfn); break;
+    case 4: micro_kernel<4, kFlip>(a, row_stride, 4, wp, kg, c, ldc, b, first, cols, 1, 0, pf, pfn); break;
+    case 5: micro_kernel<5, kFlip>(a, row_stride, 4, wp, kg, c, ldc, b, first, cols, 1, 0, pf, pfn); break;
+    default: micro_kernel<6, kFlip>(a, row_stride, 4, wp, kg, c, ldc, b, first, cols, 1, 0, pf, pfn); break;
+  }
+}
+
 template <bool kSigned>
 void gemm(const uint8_t* A, int64_t lda, const void* packed, int64_t M, int64_t N, int64_t K, int64_t n_begin,
           int64_t n_end, int32_t* C, int64_t ldc) {
@@ -281,26 +295,11 @@ void gemm(const uint8_t* A, int64_t lda, const void* packed, int64_t M, int64_t 
           const bool pf_on = next != nullptr && share >= 0 && pf_first < next_kg;
           const int8_t* pf = pf_on ? next + pf_first * kNR * 4 : nullptr;
           const int64_t pfn = pf_on ? min64(pf_share, next_kg - pf_first) : 0;
+          // The caller's int8 rows in place are flipped on the fly; the packed block is flipped already.
           if (direct) {
-            const uint8_t* at = A + (m0 + r0) * lda + g0 * 4;
-            switch (rows) {
-              case 1: micro_kernel<1, kSigned>(at, lda, 4, wp, kg, c, ldc, b, first, cols, 1, 0, pf, pfn); break;
-              case 2: micro_kernel<2, kSigned>(at, lda, 4, wp, kg, c, ldc, b, first, cols, 1, 0, pf, pfn); break;
-              case 3: micro_kernel<3, kSigned>(at, lda, 4, wp, kg, c, ldc, b, first, cols, 1, 0, pf, pfn); break;
-              case 4: micro_kernel<4, kSigned>(at, lda, 4, wp, kg, c, ldc, b, first, cols, 1, 0, pf, pfn); break;
-              case 5: micro_kernel<5, kSigned>(at, lda, 4, wp, kg, c, ldc, b, first, cols, 1, 0, pf, pfn); break;
-              default: micro_kernel<6, kSigned>(at, lda, 4, wp, kg, c, ldc, b, first, cols, 1, 0, pf, pfn); break;
-            }
-            continue;
-          }
-          const uint8_t* at = ap + r0 * ld_ap;
-          switch (rows) {
-            case 1: micro_kernel<1, false>(at, ld_ap, 4, wp, kg, c, ldc, b, first, cols, 1, 0, pf, pfn); break;
-            case 2: micro_kernel<2, false>(at, ld_ap, 4, wp, kg, c, ldc, b, first, cols, 1, 0, pf, pfn); break;
-            case 3: micro_kernel<3, false>(at, ld_ap, 4, wp, kg, c, ldc, b, first, cols, 1, 0, pf, pfn); break;
-            case 4: micro_kernel<4, false>(at, ld_ap, 4, wp, kg, c, ldc, b, first, cols, 1, 0, pf, pfn); break;
-            case 5: micro_kernel<5, false>(at, ld_ap, 4, wp, kg, c, ldc, b, first, cols, 1, 0, pf, pfn); break;
-            default: micro_kernel<6, false>(at, ld_ap, 4, wp, kg, c, ldc, b, first, cols, 1, 0, pf, pfn); break;
+            tile<kSigned>(rows, A + (m0 + r0) * lda + g0 * 4, lda, wp, kg, c, ldc, b, first, cols, pf, pfn);
+          } else {
+            tile<false>(rows, ap + r0 * ld_ap, ld_ap, wp, kg, c, ldc, b, first, cols, pf, pfn);
           }
         }
       }
@@ -471,14 +470,19 @@ inline __mmask32 dw_mask32(int64_t left) {
   return left >= 32 ? static_cast<__mmask32>(0xffffffffu) : static_cast<__mmask32>((1u << left) - 1u);
 }
 
-// The 32 quad words of four 32-byte rows (taps t = 0..3), scrambled as described above, stored at d.
+// The 32 quad words from the byte pairs of taps 0-1 (lo01 / hi01: vpunpck{l,h}bw of the two rows) and of taps
+// 2-3 (lo23 / hi23), scrambled as described above, stored at d.
+inline void store_pair_quads(__m256i lo01, __m256i hi01, __m256i lo23, __m256i hi23, uint32_t* d) {
+  _mm256_storeu_si256(reinterpret_cast<__m256i*>(d), _mm256_unpacklo_epi16(lo01, lo23));
+  _mm256_storeu_si256(reinterpret_cast<__m256i*>(d + 8), _mm256_unpackhi_epi16(lo01, lo23));
+  _mm256_storeu_si256(reinterpret_cast<__m256i*>(d + 16), _mm256_unpacklo_epi16(hi01, hi23));
+  _mm256_storeu_si256(reinterpret_cast<__m256i*>(d + 24), _mm256_unpackhi_epi16(hi01, hi23));
+}
+
+// The 32 quad words of four 32-byte rows (taps t = 0..3), stored at d.
 inline void store_quads(__m256i a0, __m256i a1, __m256i a2, __m256i a3, uint32_t* d) {
-  const __m256i t0 = _mm256_unpacklo_epi8(a0, a1), t1 = _mm256_unpackhi_epi8(a0, a1);
-  const __m256i t2 = _mm256_unpacklo_epi8(a2, a3), t3 = _mm256_unpackhi_epi8(a2, a3);
-  _mm256_storeu_si256(reinterpret_cast<__m256i*>(d), _mm256_unpacklo_epi16(t0, t2));
-  _mm256_storeu_si256(reinterpret_cast<__m256i*>(d + 8), _mm256_unpackhi_epi16(t0, t2));
-  _mm256_storeu_si256(reinterpret_cast<__m256i*>(d + 16), _mm256_unpacklo_epi16(t1, t3));
-  _mm256_storeu_si256(reinterpret_cast<__m256i*>(d + 24), _mm256_unpackhi_epi16(t1, t3));
+  store_pair_quads(_mm256_unpacklo_epi8(a0, a1), _mm256_unpackhi_epi8(a0, a1), _mm256_unpacklo_epi8(a2, a3),
+                   _mm256_unpackhi_epi8(a2, a3), d);
 }
 
 template <int NB>
@@ -611,10 +615,7 @@ bool depthwise_rows_quads(const uint8_t* x, int32_t pad_value, const int8_t* w, 
         for (int64_t p = 0; p < Wq * 2; p += 2, d += 32) {
           const __m256i a2 = load(p + 2 - s.pad_w), a3 = load(p + 3 - s.pad_w);
           const __m256i lo2 = _mm256_unpacklo_epi8(a2, a3), hi2 = _mm256_unpackhi_epi8(a2, a3);
-          _mm256_storeu_si256(reinterpret_cast<__m256i*>(d), _mm256_unpacklo_epi16(lo0, lo2));
-          _mm256_storeu_si256(reinterpret_cast<__m256i*>(d + 8), _mm256_unpackhi_epi16(lo0, lo2));
-          _mm256_storeu_si256(reinterpret_cast<__m256i*>(d + 16), _mm256_unpacklo_epi16(hi0, hi2));
-          _mm256_storeu_si256(reinterpret_cast<__m256i*>(d + 24), _mm256_unpackhi_epi16(hi0, hi2));
+          store_pair_quads(lo0, hi0, lo2, hi2, d);
           lo0 = lo2;
           hi0 = hi2;
         }
@@ -630,10 +631,7 @@ bool depthwise_rows_quads(const uint8_t* x, int32_t pad_value, const int8_t* w, 
       for (int64_t p = 0; p < Wq; ++p, d += 32) {
         const __m256i x3 = load(p + 3 - s.pad_w);
         const __m256i lo2 = _mm256_unpacklo_epi8(x2, x3), hi2 = _mm256_unpackhi_epi8(x2, x3);
-        _mm256_storeu_si256(reinterpret_cast<__m256i*>(d), _mm256_unpacklo_epi16(lo0, lo2));
-        _mm256_storeu_si256(reinterpret_cast<__m256i*>(d + 8), _mm256_unpackhi_epi16(lo0, lo2));
-        _mm256_storeu_si256(reinterpret_cast<__m256i*>(d + 16), _mm256_unpacklo_epi16(hi0, hi2));
-        _mm256_storeu_si256(reinterpret_cast<__m256i*>(d + 24), _mm256_unpackhi_epi16(hi0, hi2));
+        store_pair_quads(lo0, hi0, lo2, hi2, d);
         lo0 = lo1;
         hi0 = hi1;
         lo1 = lo2;
