@@ -195,59 +195,98 @@ void linear_dynamic(const py::capsule& x_cap, const py::capsule& packed_cap, con
 }
 
 // a: int8 / uint8 (M, K) already quantized; out: float32 (epilogue) or int32 (raw) or int8/uint8 (requantized).
-void gemm_quantized(const py::capsule& a_cap, double a_scale, int64_t a_zero_point, const py::capsule& packed_cap,
-                    const std::optional<py::capsule>& col_sums_cap, const std::optional<py::capsule>& scale_cap,
-                    const std::optional<py::capsule>& bias_cap, const py::capsule& out_cap, int activation,
-                    double out_scale, int64_t out_zero_point, int threads) {
-  const TensorArg packed = tensor_arg(packed_cap, "packed");
-  const PackedHeader h = read_packed(packed);
-  if (h.groups != 1) throw py::value_error("packed holds grouped (conv) weights; gemm needs groups == 1");
-  const int64_t n = h.n_per_group, k = h.k;
-  const TensorArg a = tensor_arg(a_cap, "a");
-  const DType ad = a.dtype();
-  const bool a_u8 = a.t->dtype.code == dlpack::kUInt && a.t->dtype.bits == 8 && a.t->dtype.lanes == 1;
-  if (ad != DType::kInt8 && !a_u8) throw py::type_error("a must be int8 or uint8; got " + a.dtype_name());
-  a.require_contiguous();
-  require_cpu(a);
-  require_rows(a, k, "quantized activations");
-  const int64_t m = a.t->shape[0];
-  const TensorArg out = tensor_arg(out_cap, "out");
-  out.require_contiguous();
-  require_rows(out, n, "output");
-  if (out.t->shape[0] != m) throw py::value_error("out must have as many rows as a");
-  const int32_t lo = a_u8 ? 0 : -128, hi = a_u8 ? 255 : 127;
-  if (a_zero_point < lo || a_zero_point > hi)
-    throw py::value_error("a_zero_point must lie in the range of a's dtype; got " + std::to_string(a_zero_point));
+// The epilogue of a GEMM with n output columns into `out` (int32 raw; float32; int8/uint8 requantized with
+// out_scale / out_zero_point), activations quantized with (a_scale, a_zero_point); validates every operand.
+GemmEpilogue gemm_epilogue_args(const TensorArg& a, int64_t n, double a_scale, int64_t a_zero_point,
+                                const std::optional<py::capsule>& col_sums_cap,
+                                const std::optional<py::capsule>& scale_cap, const std::optional<py::capsule>& bias_cap,
+                                const TensorArg& out, int activation, double out_scale, int64_t out_zero_point) {
   GemmEpilogue e;
   const DType od = out.dtype();
   const bool out_u8 = out.t->dtype.code == dlpack::kUInt && out.t->dtype.bits == 8 && out.t->dtype.lanes == 1;
   if (od == DType::kInt32) {
     e.kind = GemmEpilogue::kInt32;
-  } else {
-    if (!col_sums_cap || !scale_cap)
-      throw py::value_error("col_sums and weight_scale are required for a float or requantized output");
-    if (!(a_scale > 0.0)) throw py::value_error("a_scale must be > 0; got " + std::to_string(a_scale));
-    e = float_epilogue(a, n, tensor_arg(*col_sums_cap, "col_sums"), tensor_arg(*scale_cap, "weight_scale"),
-                       optional_arg(bias_cap, "bias"), activation);
-    e.act_scale = static_cast<float>(a_scale);
-    e.act_zero_point = static_cast<int32_t>(a_zero_point);
-    if (od == DType::kInt8 || out_u8) {
-      if (!(out_scale > 0.0)) throw py::value_error("out_scale must be > 0; got " + std::to_string(out_scale));
-      const int64_t olo = out_u8 ? 0 : -128, ohi = out_u8 ? 255 : 127;
-      if (out_zero_point < olo || out_zero_point > ohi)
-        throw py::value_error("out_zero_point must lie in the range of out's dtype; got " +
-                              std::to_string(out_zero_point));
-      e.kind = GemmEpilogue::kQuantized;
-      e.out_scale = static_cast<float>(out_scale);
-      e.out_zero_point = static_cast<int32_t>(out_zero_point);
-      e.out_signed = !out_u8;
-    } else if (od != DType::kFloat32) {
-      throw py::type_error("out must be float32, int32, int8 or uint8; got " + out.dtype_name());
-    }
+    return e;
   }
+  if (!col_sums_cap || !scale_cap)
+    throw py::value_error("col_sums and weight_scale are required for a float or requantized output");
+  if (!(a_scale > 0.0)) throw py::value_error("a_scale must be > 0; got " + std::to_string(a_scale));
+  e = float_epilogue(a, n, tensor_arg(*col_sums_cap, "col_sums"), tensor_arg(*scale_cap, "weight_scale"),
+                     optional_arg(bias_cap, "bias"), activation);
+  e.act_scale = static_cast<float>(a_scale);
+  e.act_zero_point = static_cast<int32_t>(a_zero_point);
+  if (od == DType::kInt8 || out_u8) {
+    if (!(out_scale > 0.0)) throw py::value_error("out_scale must be > 0; got " + std::to_string(out_scale));
+    const int64_t olo = out_u8 ? 0 : -128, ohi = out_u8 ? 255 : 127;
+    if (out_zero_point < olo || out_zero_point > ohi)
+      throw py::value_error("out_zero_point must lie in the range of out's dtype; got " +
+                            std::to_string(out_zero_point));
+    e.kind = GemmEpilogue::kQuantized;
+    e.out_scale = static_cast<float>(out_scale);
+    e.out_zero_point = static_cast<int32_t>(out_zero_point);
+    e.out_signed = !out_u8;
+  } else if (od != DType::kFloat32) {
+    throw py::type_error("out must be float32, int32, int8 or uint8; got " + out.dtype_name());
+  }
+  return e;
+}
+
+// a: (M, K) int8/uint8 quantized activations, or float32 quantized to int8 here with (a_scale, a_zero_point).
+void gemm_run(const py::capsule& a_cap, bool float_input, double a_scale, int64_t a_zero_point,
+              const py::capsule& packed_cap, const std::optional<py::capsule>& col_sums_cap,
+              const std::optional<py::capsule>& scale_cap, const std::optional<py::capsule>& bias_cap,
+              const py::capsule& out_cap, int activation, double out_scale, int64_t out_zero_point, int threads) {
+  const TensorArg packed = tensor_arg(packed_cap, "packed");
+  const PackedHeader h = read_packed(packed);
+  if (h.groups != 1) throw py::value_error("packed holds grouped (conv) weights; gemm needs groups == 1");
+  const int64_t n = h.n_per_group, k = h.k;
+  const TensorArg a = tensor_arg(a_cap, "a");
+  const bool a_u8 = a.t->dtype.code == dlpack::kUInt && a.t->dtype.bits == 8 && a.t->dtype.lanes == 1;
+  if (float_input) {
+    if (a.dtype() != DType::kFloat32) throw py::type_error("a must be float32; got " + a.dtype_name());
+    if (!(a_scale > 0.0)) throw py::value_error("a_scale must be > 0; got " + std::to_string(a_scale));
+  } else if (a.dtype() != DType::kInt8 && !a_u8) {
+    throw py::type_error("a must be int8 or uint8; got " + a.dtype_name());
+  }
+  a.require_contiguous();
+  require_cpu(a);
+  require_rows(a, k, float_input ? "activations" : "quantized activations");
+  const int64_t m = a.t->shape[0];
+  const TensorArg out = tensor_arg(out_cap, "out");
+  out.require_contiguous();
+  require_cpu(out);
+  require_rows(out, n, "output");
+  if (out.t->shape[0] != m) throw py::value_error("out must have as many rows as a");
+  const int32_t lo = a_u8 ? 0 : -128, hi = a_u8 ? 255 : 127;
+  if (a_zero_point < lo || a_zero_point > hi)
+    throw py::value_error("a_zero_point must lie in the range of " + std::string(float_input ? "int8" : "a's dtype") +
+                          "; got " + std::to_string(a_zero_point));
+  const GemmEpilogue e = gemm_epilogue_args(a, n, a_scale, a_zero_point, col_sums_cap, scale_cap, bias_cap, out,
+                                            activation, out_scale, out_zero_point);
   const int nt = threads_arg(threads);
   py::gil_scoped_release release;
-  gemm(active_kernels(), a.data(), !a_u8, k, packed_data(packed), m, n, k, e, out.data(), n, nt);
+  if (float_input) {
+    gemm_float_static(active_kernels(), a.ptr<float>(), static_cast<float>(a_scale), static_cast<int32_t>(a_zero_point),
+                      packed_data(packed), m, n, k, e, out.data(), n, nt);
+  } else {
+    gemm(active_kernels(), a.data(), !a_u8, k, packed_data(packed), m, n, k, e, out.data(), n, nt);
+  }
+}
+
+void gemm_quantized(const py::capsule& a_cap, double a_scale, int64_t a_zero_point, const py::capsule& packed_cap,
+                    const std::optional<py::capsule>& col_sums_cap, const std::optional<py::capsule>& scale_cap,
+                    const std::optional<py::capsule>& bias_cap, const py::capsule& out_cap, int activation,
+                    double out_scale, int64_t out_zero_point, int threads) {
+  gemm_run(a_cap, false, a_scale, a_zero_point, packed_cap, col_sums_cap, scale_cap, bias_cap, out_cap, activation,
+           out_scale, out_zero_point, threads);
+}
+
+void gemm_float_input(const py::capsule& a_cap, double a_scale, int64_t a_zero_point, const py::capsule& packed_cap,
+                      const std::optional<py::capsule>& col_sums_cap, const std::optional<py::capsule>& scale_cap,
+                      const std::optional<py::capsule>& bias_cap, const py::capsule& out_cap, int activation,
+                      double out_scale, int64_t out_zero_point, int threads) {
+  gemm_run(a_cap, true, a_scale, a_zero_point, packed_cap, col_sums_cap, scale_cap, bias_cap, out_cap, activation,
+           out_scale, out_zero_point, threads);
 }
 
 ConvShape conv_shape(const TensorArg& x, int64_t out_c, int64_t kh, int64_t kw, std::vector<int64_t> stride,
@@ -441,6 +480,9 @@ void register_int8_ops(py::module_& m) {
   m.def("gemm_int8", &gemm_quantized, py::arg("a"), py::arg("a_scale"), py::arg("a_zero_point"), py::arg("packed"),
         py::arg("col_sums"), py::arg("weight_scale"), py::arg("bias"), py::arg("out"), py::arg("activation"),
         py::arg("out_scale"), py::arg("out_zero_point"), py::arg("threads"));
+  m.def("gemm_int8_float_input", &gemm_float_input, py::arg("a"), py::arg("a_scale"), py::arg("a_zero_point"),
+        py::arg("packed"), py::arg("col_sums"), py::arg("weight_scale"), py::arg("bias"), py::arg("out"),
+        py::arg("activation"), py::arg("out_scale"), py::arg("out_zero_point"), py::arg("threads"));
   m.def("conv2d_int8", &conv2d, py::arg("x"), py::arg("x_scale"), py::arg("x_zero_point"), py::arg("packed"),
         py::arg("dw_weight"), py::arg("col_sums"), py::arg("weight_scale"), py::arg("bias"), py::arg("out"),
         py::arg("out_c"), py::arg("kernel_h"), py::arg("kernel_w"), py::arg("stride"), py::arg("padding"),

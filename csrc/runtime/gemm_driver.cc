@@ -214,6 +214,28 @@ void gemm_dynamic(const KernelTable& k, const float* A, int64_t lda, bool per_ro
   gemm(k, q, true, K, packed, M, N, K, e, out, ldo, threads);
 }
 
+void gemm_float_static(const KernelTable& k, const float* A, float a_scale, int32_t a_zero_point, const void* packed,
+                       int64_t M, int64_t N, int64_t K, const GemmEpilogue& e, void* out, int64_t ldo, int threads) {
+  if (M <= 0 || N <= 0) return;
+  int8_t* q = thread_scratch_as<int8_t>(ScratchSlot::kQuantized, static_cast<size_t>(M * K));
+  auto quantize_rows = [&](int64_t m0, int64_t rows) {
+    k.quantize_int8(A + m0 * K, q + m0 * K, rows * K, &a_scale, &a_zero_point, 0, -128, 127, RoundMode::kHalfToEven);
+  };
+  if (gemm_grid(M, N, std::max<int64_t>(k.gemm_n_step, 1), threads).col_blocks == 1) {
+    // Each row block belongs to one task, which quantizes it just before its GEMM: the int8 rows are still in
+    // the cache of the core that wrote them (see depthwise_conv2d_nhwc_float).
+    gemm_tasks(k, q, true, K, packed, M, N, K, e, out, ldo, threads, quantize_rows);
+    return;
+  }
+  // Several column blocks share each row block: quantize every row once first.
+  const int64_t tasks = split_count(M * K, 1 << 16, threads);
+  parallel_for(tasks, threads, [&](int64_t task) {
+    const int64_t m0 = M * task / tasks, m1 = M * (task + 1) / tasks;
+    quantize_rows(m0, m1 - m0);
+  });
+  gemm(k, q, true, K, packed, M, N, K, e, out, ldo, threads);
+}
+
 const int8_t* quantize_activations(const KernelTable& k, const float* x, int64_t n, float scale, int32_t zero_point,
                                   int threads) {
   int8_t* q = thread_scratch_as<int8_t>(ScratchSlot::kQuantized, static_cast<size_t>(n > 0 ? n : 1));
@@ -454,17 +476,9 @@ void conv2d_nhwc_float(const KernelTable& k, const float* x, float x_scale, int3
     conv2d_implicit(k, nullptr, x, x_scale, true, x_zero_point, packed, s, e, out, threads);
     return;
   }
-  const int64_t pixels = s.batch * s.out_h * s.out_w;
-  if (pointwise(s) && threads > 1 &&
-      gemm_grid(pixels, s.out_c, std::max<int64_t>(k.gemm_n_step, 1), threads).col_blocks == 1) {
-    // Each row block belongs to one task, which quantizes it just before its GEMM: the int8 rows are read by
-    // the core that wrote them (see depthwise_conv2d_nhwc_float).
-    int8_t* q = thread_scratch_as<int8_t>(ScratchSlot::kQuantized, static_cast<size_t>(pixels * s.in_c));
-    gemm_tasks(k, q, true, s.in_c, packed, pixels, s.out_c, s.in_c, e, out, s.out_c, threads,
-               [&](int64_t m0, int64_t rows) {
-                 k.quantize_int8(x + m0 * s.in_c, q + m0 * s.in_c, rows * s.in_c, &x_scale, &x_zero_point, 0, -128,
-                                 127, RoundMode::kHalfToEven);
-               });
+  if (pointwise(s)) {
+    gemm_float_static(k, x, x_scale, x_zero_point, packed, s.batch * s.out_h * s.out_w, s.out_c, s.in_c, e, out,
+                      s.out_c, threads);
     return;
   }
   const int8_t* q = quantize_activations(k, x, s.batch * s.in_h * s.in_w * s.in_c, x_scale, x_zero_point, threads);

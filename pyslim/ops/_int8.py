@@ -93,22 +93,60 @@ def _(x, packed, col_sums, weight_scale, bias, out_features, per_row, symmetric,
     return x.new_empty(*x.shape[:-1], out_features)
 
 
+def _gemm_native(native, a: Tensor, a_scale: float, a_zero_point: int, capsules: tuple, out_features: int,
+                 out_dtype: int, activation: int, out_scale: float, out_zero_point: int) -> Tensor:
+    """Allocates the output and runs `native` (_C.gemm_int8 or _C.gemm_int8_float_input) on a (.., K) as a
+    contiguous 2-D matrix, with the constant operands (packed, col_sums, weight_scale, bias) as capsules."""
+    k = a.shape[-1]
+    a2 = a.reshape(-1, k)
+    if not a2.is_contiguous():
+        a2 = a2.contiguous()
+    out = torch.empty(a2.shape[0], out_features, dtype=_CODE_DTYPE[out_dtype])
+    native(capsule(a2), a_scale, a_zero_point, *capsules, capsule(out), activation, out_scale, out_zero_point,
+           get_num_threads())
+    return out.reshape(*a.shape[:-1], out_features)
+
+
 @torch.library.custom_op("pyslim::gemm_int8", mutates_args=())
 def gemm_int8_op(a: Tensor, a_scale: float, a_zero_point: int, packed: Tensor, col_sums: Optional[Tensor],
                  weight_scale: Optional[Tensor], bias: Optional[Tensor], out_features: int, out_dtype: int,
                  activation: int, out_scale: float, out_zero_point: int) -> Tensor:
-    k = a.shape[-1]
-    a2 = a.reshape(-1, k).contiguous()
-    out = torch.empty(a2.shape[0], out_features, dtype=_CODE_DTYPE[out_dtype])
-    _C.gemm_int8(capsule(a2), a_scale, a_zero_point, capsule(packed), _opt(col_sums), _opt(weight_scale), _opt(bias),
-                 capsule(out), activation, out_scale, out_zero_point, get_num_threads())
-    return out.reshape(*a.shape[:-1], out_features)
+    return _gemm_native(_C.gemm_int8, a, a_scale, a_zero_point,
+                        (capsule(packed), _opt(col_sums), _opt(weight_scale), _opt(bias)), out_features, out_dtype,
+                        activation, out_scale, out_zero_point)
 
 
 @gemm_int8_op.register_fake
 def _(a, a_scale, a_zero_point, packed, col_sums, weight_scale, bias, out_features, out_dtype, activation, out_scale,
       out_zero_point):
     return a.new_empty(*a.shape[:-1], out_features, dtype=_CODE_DTYPE[out_dtype])
+
+
+@torch.library.custom_op("pyslim::linear_int8_static", mutates_args=())
+def linear_int8_static_op(x: Tensor, x_scale: float, x_zero_point: int, packed: Tensor, col_sums: Tensor,
+                          weight_scale: Tensor, bias: Optional[Tensor], out_features: int, out_dtype: int,
+                          activation: int, out_scale: float, out_zero_point: int) -> Tensor:
+    """float32 x (.., K) quantized to int8 with (x_scale, x_zero_point) inside the native call (the quantize op's
+    values), then gemm_int8_op's product and epilogue: one call instead of quantize + gemm_int8."""
+    return _gemm_native(_C.gemm_int8_float_input, x, x_scale, x_zero_point,
+                        (capsule(packed), capsule(col_sums), capsule(weight_scale), _opt(bias)), out_features,
+                        out_dtype, activation, out_scale, out_zero_point)
+
+
+@linear_int8_static_op.register_fake
+def _(x, x_scale, x_zero_point, packed, col_sums, weight_scale, bias, out_features, out_dtype, activation, out_scale,
+      out_zero_point):
+    return x.new_empty(*x.shape[:-1], out_features, dtype=_CODE_DTYPE[out_dtype])
+
+
+def gemm_int8_cached(a: Tensor, a_scale: float, a_zero_point: int, capsules: tuple, out_features: int,
+                     out_dtype: int, activation: int, out_scale: float, out_zero_point: int) -> Tensor:
+    """The direct native call of gemm_int8_op (int8 / uint8 a) or linear_int8_static_op (float32 a) with the
+    constant operands (packed, col_sums, weight_scale, bias) as ready capsules (Int8Linear._constant_capsules);
+    only where direct_call_ok(a)."""
+    native = _C.gemm_int8_float_input if a.dtype == torch.float32 else _C.gemm_int8
+    return _gemm_native(native, a, a_scale, a_zero_point, capsules, out_features, out_dtype, activation, out_scale,
+                        out_zero_point)
 
 
 @torch.library.custom_op("pyslim::int8_matmul", mutates_args=())

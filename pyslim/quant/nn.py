@@ -218,10 +218,18 @@ class Int8Linear(_Int8Base):
         if self.dynamic and self.output_quant is None:
             return I.linear_int8_dynamic(x, self._packed, self._col_sums, self.weight_scale, self.bias,
                                          self.out_features, self.per_row, self.symmetric, act)
-        xq = x if x.dtype == torch.int8 else quantize(x, self.act_scale, self.act_zero_point, dtype=torch.int8)
+        # Static scale: a float x is quantized inside the native call (the quantize op's values); an int8 x is
+        # taken as already quantized with this layer's scale and zero point.
         out_dtype, out_scale, out_zp = self._out_args()
-        return I.gemm_int8_op(xq, float(self.act_scale), int(self.act_zero_point), self._packed, self._col_sums,
-                              self.weight_scale, self.bias, self.out_features, out_dtype, act, out_scale, out_zp)
+        scale, zp = float(self.act_scale), int(self.act_zero_point)
+        if not torch.compiler.is_compiling():
+            buffers = self._buffers
+            caps = self._constant_capsules((self._packed, self._col_sums, buffers["weight_scale"], buffers["bias"]))
+            if caps is not None and I.direct_call_ok(x):
+                return I.gemm_int8_cached(x, scale, zp, caps, self.out_features, out_dtype, act, out_scale, out_zp)
+        op = I.linear_int8_static_op if x.dtype == torch.float32 else I.gemm_int8_op
+        return op(x, scale, zp, self._packed, self._col_sums, self.weight_scale, self.bias, self.out_features,
+                  out_dtype, act, out_scale, out_zp)
 
     def extra_repr(self) -> str:
         mode = "dynamic" if self.dynamic else f"static(scale={float(self.act_scale):.4g}, zp={int(self.act_zero_point)})"

@@ -85,6 +85,28 @@ def test_gelu_epilogue_is_within_its_bound_of_torch_gelu(isa):
         assert float(((y.double() - ref).abs() - 2e-7 * x.abs() - 1e-30).max()) <= 0.0
 
 
+@pytest.mark.parametrize("m,n,k", [(1, 1000, 1280), (37, 70, 129), (300, 96, 16), (5, 1100, 64), (129, 24, 7)])
+@pytest.mark.parametrize("out", ["float32", "int8", "uint8"])
+def test_linear_static_float_input_is_quantize_then_gemm(isa, threads, m, n, k, out):
+    """The static Linear's fused input quantization gives exactly quantize + gemm_int8: the same int8 rows, so the
+    same int32 sums and bit-identical outputs, NaN and out-of-range inputs included; for one column block (each
+    row block quantized in its task) and for several (one quantize pass first), float and requantized outputs."""
+    w = int8(n, k)
+    packed, col_sums = ops.pack_int8_weight(w)
+    wscale, bias = torch.rand(n) * 0.01 + 1e-3, torch.randn(n)
+    x = torch.randn(m, k) * 3
+    x.view(-1)[::37] = float("nan")
+    x.view(-1)[3::41] = -1e6
+    x_scale, x_zp = 0.021, -5
+    out_dtype = I.OUT_DTYPES[getattr(torch, out)]
+    args = (packed, col_sums, wscale, bias, n, out_dtype, 1, 0.05, 3 if out == "uint8" else -3)
+    want = I.gemm_int8_op(ops.quantize(x, x_scale, x_zp, dtype=torch.int8), x_scale, x_zp, *args)
+    got = I.linear_int8_static_op(x, x_scale, x_zp, *args)
+    assert got.dtype == want.dtype and torch.equal(got, want)
+    caps = tuple(None if t is None else pyslim._native.capsule(t) for t in (packed, col_sums, wscale, bias))
+    assert torch.equal(I.gemm_int8_cached(x.view(m, 1, k), x_scale, x_zp, caps, *args[4:]), want.view(m, 1, n))
+
+
 @pytest.mark.parametrize("activation", [None, "relu", "relu6", "gelu"])
 def test_gemm_float_and_requantized_epilogues(isa, threads, activation):
     m, n, k = 37, 70, 129
@@ -275,6 +297,12 @@ def test_int8_op_errors():
         ops.pack_int8_weight(w, groups=3)
     with pytest.raises(ValueError, match=r"weight_scale must have 8 element"):
         ops.linear_int8_dynamic(torch.randn(2, 16), packed, col_sums, torch.ones(7), 8)
+    with pytest.raises(TypeError, match=r"a must be float32; got int8"):  # the float-input GEMM's native entry
+        I.linear_int8_static_op(int8(2, 16), 0.1, 0, packed, col_sums, torch.ones(8), None, 8, 1, 0, 1.0, 0)
+    with pytest.raises(ValueError, match=r"a_zero_point must lie in the range of int8"):
+        I.linear_int8_static_op(torch.randn(2, 16), 0.1, 200, packed, col_sums, torch.ones(8), None, 8, 1, 0, 1.0, 0)
+    with pytest.raises(ValueError, match=r"a_scale must be > 0"):
+        I.linear_int8_static_op(torch.randn(2, 16), 0.0, 0, packed, col_sums, torch.ones(8), None, 8, 1, 0, 1.0, 0)
     with pytest.raises(TypeError, match=r"a must be a 2-D int8/uint8 tensor"):
         ops.int8_matmul(torch.randn(2, 16), w)
     with pytest.raises(TypeError, match=r"w must be a 2-D int8 tensor"):
@@ -300,6 +328,8 @@ def test_int8_ops_opcheck():
     torch.library.opcheck(I.gemm_int8_op, (int8(3, 16), 0.1, 2, packed, col_sums, torch.rand(8) + 0.1, None, 8, 1, 0,
                                            1.0, 0))
     torch.library.opcheck(I.int8_matmul_op, (int8(3, 16), w))
+    torch.library.opcheck(I.linear_int8_static_op, (torch.randn(3, 16), 0.1, 2, packed, col_sums, torch.rand(8) + 0.1,
+                                                    None, 8, 1, 0, 1.0, 0))
     x = int8(1, 5, 5, 4)
     cpacked, ccols = ops.pack_int8_weight(int8(6, 36), 1)
     torch.library.opcheck(I.conv2d_int8_op, (x, 0.1, 0, cpacked, None, ccols, torch.rand(6) + 0.1, None, 6, 3, 3,

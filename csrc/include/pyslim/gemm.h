@@ -21,6 +21,12 @@ void gemm_dynamic(const KernelTable& k, const float* A, int64_t lda, bool per_ro
                   const void* packed, int64_t M, int64_t N, int64_t K, GemmEpilogue e, float* out, int64_t ldo,
                   int threads);
 
+// gemm on float32 A (M x K, contiguous) quantized to int8 with (a_scale, a_zero_point) — the quantize op's
+// values — as part of the call: inside each task, just before its GEMM, where every row block belongs to one
+// task; in one parallel pass first otherwise. e must carry the same act_scale / act_zero_point.
+void gemm_float_static(const KernelTable& k, const float* A, float a_scale, int32_t a_zero_point, const void* packed,
+                       int64_t M, int64_t N, int64_t K, const GemmEpilogue& e, void* out, int64_t ldo, int threads);
+
 // q = clamp(round_half_even(x / scale) + zero_point, -128, 127) for n floats (the quantize op's result), into
 // the calling thread's ScratchSlot::kQuantized buffer: valid until the next call that uses that slot on
 // this thread (gemm_dynamic or this function). The convolution drivers do not use it, so the result can be
