@@ -273,20 +273,14 @@ void gemm_run(const py::capsule& a_cap, bool float_input, double a_scale, int64_
   }
 }
 
-void gemm_quantized(const py::capsule& a_cap, double a_scale, int64_t a_zero_point, const py::capsule& packed_cap,
-                    const std::optional<py::capsule>& col_sums_cap, const std::optional<py::capsule>& scale_cap,
-                    const std::optional<py::capsule>& bias_cap, const py::capsule& out_cap, int activation,
-                    double out_scale, int64_t out_zero_point, int threads) {
-  gemm_run(a_cap, false, a_scale, a_zero_point, packed_cap, col_sums_cap, scale_cap, bias_cap, out_cap, activation,
-           out_scale, out_zero_point, threads);
-}
-
-void gemm_float_input(const py::capsule& a_cap, double a_scale, int64_t a_zero_point, const py::capsule& packed_cap,
-                      const std::optional<py::capsule>& col_sums_cap, const std::optional<py::capsule>& scale_cap,
-                      const std::optional<py::capsule>& bias_cap, const py::capsule& out_cap, int activation,
-                      double out_scale, int64_t out_zero_point, int threads) {
-  gemm_run(a_cap, true, a_scale, a_zero_point, packed_cap, col_sums_cap, scale_cap, bias_cap, out_cap, activation,
-           out_scale, out_zero_point, threads);
+// The two Python entries of gemm_run: gemm_int8 (int8 / uint8 a) and gemm_int8_float_input (float32 a).
+template <bool kFloatInput>
+void gemm_entry(const py::capsule& a_cap, double a_scale, int64_t a_zero_point, const py::capsule& packed_cap,
+                const std::optional<py::capsule>& col_sums_cap, const std::optional<py::capsule>& scale_cap,
+                const std::optional<py::capsule>& bias_cap, const py::capsule& out_cap, int activation,
+                double out_scale, int64_t out_zero_point, int threads) {
+  gemm_run(a_cap, kFloatInput, a_scale, a_zero_point, packed_cap, col_sums_cap, scale_cap, bias_cap, out_cap,
+           activation, out_scale, out_zero_point, threads);
 }
 
 ConvShape conv_shape(const TensorArg& x, int64_t out_c, int64_t kh, int64_t kw, std::vector<int64_t> stride,
@@ -477,10 +471,10 @@ void register_int8_ops(py::module_& m) {
   m.def("linear_int8_dynamic", &linear_dynamic, py::arg("x"), py::arg("packed"), py::arg("col_sums"),
         py::arg("weight_scale"), py::arg("bias"), py::arg("out"), py::arg("per_row"), py::arg("symmetric"),
         py::arg("activation"), py::arg("threads"));
-  m.def("gemm_int8", &gemm_quantized, py::arg("a"), py::arg("a_scale"), py::arg("a_zero_point"), py::arg("packed"),
+  m.def("gemm_int8", &gemm_entry<false>, py::arg("a"), py::arg("a_scale"), py::arg("a_zero_point"), py::arg("packed"),
         py::arg("col_sums"), py::arg("weight_scale"), py::arg("bias"), py::arg("out"), py::arg("activation"),
         py::arg("out_scale"), py::arg("out_zero_point"), py::arg("threads"));
-  m.def("gemm_int8_float_input", &gemm_float_input, py::arg("a"), py::arg("a_scale"), py::arg("a_zero_point"),
+  m.def("gemm_int8_float_input", &gemm_entry<true>, py::arg("a"), py::arg("a_scale"), py::arg("a_zero_point"),
         py::arg("packed"), py::arg("col_sums"), py::arg("weight_scale"), py::arg("bias"), py::arg("out"),
         py::arg("activation"), py::arg("out_scale"), py::arg("out_zero_point"), py::arg("threads"));
   m.def("conv2d_int8", &conv2d, py::arg("x"), py::arg("x_scale"), py::arg("x_zero_point"), py::arg("packed"),
