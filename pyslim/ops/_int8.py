@@ -39,10 +39,9 @@ def direct_call_ok(*tensors: Optional[Tensor]) -> bool:
     return True
 
 
-def _dispatch_mode():
-    from torch.utils._python_dispatch import _get_current_dispatch_mode
-
-    return _get_current_dispatch_mode()
+# The innermost TorchDispatchMode, or None (imported once: an import statement inside this per-call check cost
+# 0.55 us, more than half of direct_call_ok).
+from torch.utils._python_dispatch import _get_current_dispatch_mode as _dispatch_mode  # noqa: E402
 
 
 @torch.library.custom_op("pyslim::pack_int8_weight", mutates_args=())

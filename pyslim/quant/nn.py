@@ -14,6 +14,7 @@ Example::
 from __future__ import annotations
 
 import numbers
+import operator
 from typing import Optional, Sequence, Tuple, Union
 
 import torch
@@ -146,7 +147,7 @@ class _Int8Base(nn.Module):
         replaced buffer makes new ones). Building six capsules per call cost about a third of a small layer's
         Python overhead. None where the direct call is not allowed (a tensor subclass or one requiring grad)."""
         cache = self.__dict__.get("_capsule_cache")
-        if cache is not None and len(cache[0]) == len(tensors) and all(a is b for a, b in zip(cache[0], tensors)):
+        if cache is not None and len(cache[0]) == len(tensors) and all(map(operator.is_, cache[0], tensors)):
             return cache[1]
         if any(t is not None and (type(t) is not Tensor or t.requires_grad) for t in tensors):
             return None
