@@ -22,8 +22,8 @@ constexpr int64_t kBandBytes = 512 * 1024;  // padded input rows per implicit-co
 // Depthwise driver. Tasks are runs of whole output rows: as many as fit an int32 block of kDepthwiseAccBytes
 // (kept in cache for the epilogue), and a multiple of the thread count so the threads get equal shares. The
 // kernel rebuilds the input rows a task shares with its neighbours (KH - 1 per task for stride 1): 256 KiB
-// tasks (8 rows of 56 x 144) measured ~4 % faster than 128 KiB ones, and larger ones no faster.
-// (Quantizing a float input slice by slice inside the tasks instead of in one pass before measured no faster.)
+// tasks (8 rows of 56 x 144) measured ~4 % faster than 128 KiB ones, and larger ones no faster. With several
+// threads a float input is quantized inside the tasks (see depthwise_conv2d_nhwc_float).
 constexpr int64_t kDepthwiseAccBytes = 256 * 1024;
 
 // Dynamic quantization parameters from a row's (or tensor's) statistics: symmetric -> zero point 0, scale
@@ -161,6 +161,27 @@ void gemm(const KernelTable& k, const void* A, bool a_signed, int64_t lda, const
   gemm_tasks(k, A, a_signed, lda, packed, M, N, K, e, out, ldo, threads, [](int64_t, int64_t) {});
 }
 
+namespace {
+
+// gemm on the int8 rows q (M x K) that quantize_rows(r0, r1) writes from a float source. Where every row block
+// belongs to one task, the task quantizes its rows just before its GEMM, so they are still in the cache of the
+// core that wrote them; otherwise (several column blocks share each row block) every row is quantized once in
+// a parallel pass first.
+template <typename QuantizeRows>
+void gemm_quantizing(const KernelTable& k, const int8_t* q, const void* packed, int64_t M, int64_t N, int64_t K,
+                     const GemmEpilogue& e, void* out, int64_t ldo, int threads, const QuantizeRows& quantize_rows) {
+  if (gemm_grid(M, N, std::max<int64_t>(k.gemm_n_step, 1), threads).col_blocks == 1) {
+    gemm_tasks(k, q, true, K, packed, M, N, K, e, out, ldo, threads,
+               [&](int64_t m0, int64_t rows) { quantize_rows(m0, m0 + rows); });
+    return;
+  }
+  const int64_t tasks = split_count(M * K, 1 << 16, threads);
+  parallel_for(tasks, threads, [&](int64_t task) { quantize_rows(M * task / tasks, M * (task + 1) / tasks); });
+  gemm(k, q, true, K, packed, M, N, K, e, out, ldo, threads);
+}
+
+}  // namespace
+
 void gemm_dynamic(const KernelTable& k, const float* A, int64_t lda, bool per_row, bool symmetric,
                   const void* packed, int64_t M, int64_t N, int64_t K, GemmEpilogue e, float* out, int64_t ldo,
                   int threads) {
@@ -187,17 +208,7 @@ void gemm_dynamic(const KernelTable& k, const float* A, int64_t lda, bool per_ro
     }
   };
   if (per_row) {
-    const GemmGrid grid = gemm_grid(M, N, std::max<int64_t>(k.gemm_n_step, 1), threads);
-    if (grid.col_blocks == 1) {
-      // Every row block belongs to exactly one task: quantize it inside that task, just before its GEMM, so
-      // the int8 rows are still in cache when the micro-kernel packs them.
-      gemm_tasks(k, q, true, K, packed, M, N, K, e, out, ldo, threads,
-                 [&](int64_t m0, int64_t rows) { quantize_rows(m0, m0 + rows); });
-      return;
-    }
-    const int64_t tasks = split_count(M * K, 1 << 16, threads);
-    parallel_for(tasks, threads, [&](int64_t task) { quantize_rows(M * task / tasks, M * (task + 1) / tasks); });
-    gemm(k, q, true, K, packed, M, N, K, e, out, ldo, threads);
+    gemm_quantizing(k, q, packed, M, N, K, e, out, ldo, threads, quantize_rows);
     return;
   }
   // Per tensor: statistics of every row, then one set of parameters, then quantization.
@@ -238,22 +249,10 @@ void gemm_float_static(const KernelTable& k, const float* A, float a_scale, int3
                        int64_t M, int64_t N, int64_t K, const GemmEpilogue& e, void* out, int64_t ldo, int threads) {
   if (M <= 0 || N <= 0) return;
   int8_t* q = thread_scratch_as<int8_t>(ScratchSlot::kQuantized, static_cast<size_t>(M * K));
-  auto quantize_rows = [&](int64_t m0, int64_t rows) {
-    k.quantize_int8(A + m0 * K, q + m0 * K, rows * K, &a_scale, &a_zero_point, 0, -128, 127, RoundMode::kHalfToEven);
-  };
-  if (gemm_grid(M, N, std::max<int64_t>(k.gemm_n_step, 1), threads).col_blocks == 1) {
-    // Each row block belongs to one task, which quantizes it just before its GEMM: the int8 rows are still in
-    // the cache of the core that wrote them (see depthwise_conv2d_nhwc_float).
-    gemm_tasks(k, q, true, K, packed, M, N, K, e, out, ldo, threads, quantize_rows);
-    return;
-  }
-  // Several column blocks share each row block: quantize every row once first.
-  const int64_t tasks = split_count(M * K, 1 << 16, threads);
-  parallel_for(tasks, threads, [&](int64_t task) {
-    const int64_t m0 = M * task / tasks, m1 = M * (task + 1) / tasks;
-    quantize_rows(m0, m1 - m0);
+  gemm_quantizing(k, q, packed, M, N, K, e, out, ldo, threads, [&](int64_t r0, int64_t r1) {
+    k.quantize_int8(A + r0 * K, q + r0 * K, (r1 - r0) * K, &a_scale, &a_zero_point, 0, -128, 127,
+                    RoundMode::kHalfToEven);
   });
-  gemm(k, q, true, K, packed, M, N, K, e, out, ldo, threads);
 }
 
 const int8_t* quantize_activations(const KernelTable& k, const float* x, int64_t n, float scale, int32_t zero_point,
