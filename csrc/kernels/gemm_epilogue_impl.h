@@ -150,7 +150,8 @@ void epi_rows(const int32_t* acc, int64_t ldacc, int64_t rows, int64_t row0, int
         const float scale = e.row_scales[m];
         for (int64_t j = 0; j < nb; ++j) mult[j] = scale * ws[n0 + j];
       }
-      if (e.row_zero_points && !wide && zp != 0) fill_zc(zp, cb, nb);
+      // Per-row zero points: this row's correction (the float path skips it where zp is 0).
+      if (e.row_zero_points && !wide && (zp != 0 || kind == GemmEpilogue::kQuantized)) fill_zc(zp, cb, nb);
       if (kind == GemmEpilogue::kFloat32 && (zp == 0 || !wide)) {
         float* f_out = static_cast<float*>(out) + m * ldo + n0;
         if (zp == 0 && bb) {
@@ -170,7 +171,6 @@ void epi_rows(const int32_t* acc, int64_t ldacc, int64_t rows, int64_t row0, int
         // branch-free loop (vectorised like the float path: 16 lanes at AVX-512), then narrowed to bytes. One
         // loop straight to bytes was vectorised at 64 lanes and left every row of fewer than 64 columns (and
         // the last 16 of 144) to scalar code: 2.7 cycles an output at (3136 x 144), 7x the float epilogue.
-        if (zp == 0 && e.row_zero_points) fill_zc(0, nullptr, nb);  // this row's correction is zero
         int32_t q[kEpiCols];
         for (int64_t j = 0; j < nb; ++j)
           q[j] = epi_quantize<int32_t, act>(a[j], zc[j], mult[j], bb ? bb[j] : 0.0f, bb != nullptr, inv_out_scale, lo,
