@@ -194,17 +194,34 @@ void linear_dynamic(const py::capsule& x_cap, const py::capsule& packed_cap, con
                out.ptr<float>(), n, nt);
 }
 
-// a: int8 / uint8 (M, K) already quantized; out: float32 (epilogue) or int32 (raw) or int8/uint8 (requantized).
-// The epilogue of a GEMM with n output columns into `out` (int32 raw; float32; int8/uint8 requantized with
+// Makes e requantize into an int8 / uint8 `out` with (out_scale, out_zero_point); leaves e alone for a float32
+// out; rejects any other dtype, naming the accepted ones.
+void set_output_kind(GemmEpilogue& e, const TensorArg& out, double out_scale, int64_t out_zero_point,
+                     const char* accepted) {
+  const bool out_u8 = out.t->dtype.code == dlpack::kUInt && out.t->dtype.bits == 8 && out.t->dtype.lanes == 1;
+  if (out.dtype() == DType::kInt8 || out_u8) {
+    if (!(out_scale > 0.0)) throw py::value_error("out_scale must be > 0; got " + std::to_string(out_scale));
+    const int64_t olo = out_u8 ? 0 : -128, ohi = out_u8 ? 255 : 127;
+    if (out_zero_point < olo || out_zero_point > ohi)
+      throw py::value_error("out_zero_point must lie in the range of out's dtype; got " +
+                            std::to_string(out_zero_point));
+    e.kind = GemmEpilogue::kQuantized;
+    e.out_scale = static_cast<float>(out_scale);
+    e.out_zero_point = static_cast<int32_t>(out_zero_point);
+    e.out_signed = !out_u8;
+  } else if (out.dtype() != DType::kFloat32) {
+    throw py::type_error(std::string("out must be ") + accepted + "; got " + out.dtype_name());
+  }
+}
+
+// The epilogue with n output columns into `out` (int32 raw; float32; int8/uint8 requantized with
 // out_scale / out_zero_point), activations quantized with (a_scale, a_zero_point); validates every operand.
 GemmEpilogue gemm_epilogue_args(const TensorArg& a, int64_t n, double a_scale, int64_t a_zero_point,
                                 const std::optional<py::capsule>& col_sums_cap,
                                 const std::optional<py::capsule>& scale_cap, const std::optional<py::capsule>& bias_cap,
                                 const TensorArg& out, int activation, double out_scale, int64_t out_zero_point) {
   GemmEpilogue e;
-  const DType od = out.dtype();
-  const bool out_u8 = out.t->dtype.code == dlpack::kUInt && out.t->dtype.bits == 8 && out.t->dtype.lanes == 1;
-  if (od == DType::kInt32) {
+  if (out.dtype() == DType::kInt32) {
     e.kind = GemmEpilogue::kInt32;
     return e;
   }
@@ -215,19 +232,7 @@ GemmEpilogue gemm_epilogue_args(const TensorArg& a, int64_t n, double a_scale, i
                      optional_arg(bias_cap, "bias"), activation);
   e.act_scale = static_cast<float>(a_scale);
   e.act_zero_point = static_cast<int32_t>(a_zero_point);
-  if (od == DType::kInt8 || out_u8) {
-    if (!(out_scale > 0.0)) throw py::value_error("out_scale must be > 0; got " + std::to_string(out_scale));
-    const int64_t olo = out_u8 ? 0 : -128, ohi = out_u8 ? 255 : 127;
-    if (out_zero_point < olo || out_zero_point > ohi)
-      throw py::value_error("out_zero_point must lie in the range of out's dtype; got " +
-                            std::to_string(out_zero_point));
-    e.kind = GemmEpilogue::kQuantized;
-    e.out_scale = static_cast<float>(out_scale);
-    e.out_zero_point = static_cast<int32_t>(out_zero_point);
-    e.out_signed = !out_u8;
-  } else if (od != DType::kFloat32) {
-    throw py::type_error("out must be float32, int32, int8 or uint8; got " + out.dtype_name());
-  }
+  set_output_kind(e, out, out_scale, out_zero_point, "float32, int32, int8 or uint8");
   return e;
 }
 
@@ -340,16 +345,7 @@ void conv2d_run(const TensorArg& x, const void* xq, bool x_signed, const float* 
                                   optional_arg(bias_cap, "bias"), activation);
   e.act_scale = static_cast<float>(x_scale);
   e.act_zero_point = static_cast<int32_t>(x_zero_point);
-  const bool out_u8 = out.t->dtype.code == dlpack::kUInt && out.t->dtype.bits == 8 && out.t->dtype.lanes == 1;
-  if (out.dtype() == DType::kInt8 || out_u8) {
-    if (!(out_scale > 0.0)) throw py::value_error("out_scale must be > 0");
-    e.kind = GemmEpilogue::kQuantized;
-    e.out_scale = static_cast<float>(out_scale);
-    e.out_zero_point = static_cast<int32_t>(out_zero_point);
-    e.out_signed = !out_u8;
-  } else if (out.dtype() != DType::kFloat32) {
-    throw py::type_error("out must be float32, int8 or uint8; got " + out.dtype_name());
-  }
+  set_output_kind(e, out, out_scale, out_zero_point, "float32, int8 or uint8");
   const int nt = threads_arg(threads);
   const KernelTable& t = active_kernels();
   if (dw_weight_cap) {

@@ -313,6 +313,10 @@ def test_int8_op_errors():
         ops.int8_matmul(int8(2, 0), int8(3, 0))
     with pytest.raises(ValueError, match=r"a and w must be on one device"):
         ops.int8_matmul(int8(2, 16), w.to("meta"))
+    cpacked, ccols = ops.pack_int8_weight(int8(6, 36), 1)  # a requantized conv output: its zero point's range
+    with pytest.raises(ValueError, match=r"out_zero_point must lie in the range of out's dtype; got 200"):
+        I.conv2d_int8_op(int8(1, 5, 5, 4), 0.1, 0, cpacked, None, ccols, torch.ones(6), None, 6, 3, 3, [1, 1], [1, 1],
+                         [1, 1], 1, 0, I.OUT_DTYPES[torch.int8], 0.05, 200)
     from pyslim import _C
     from pyslim._native import capsule
     with pytest.raises(ValueError, match=r"a must be a CUDA tensor; got a CPU tensor"):  # the native entry itself
