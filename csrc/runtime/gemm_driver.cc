@@ -269,11 +269,9 @@ const int8_t* quantize_activations(const KernelTable& k, const float* x, int64_t
 namespace {
 
 // Stride-1, one-group convolution without im2col (k.conv_implicit_s32). The input is copied into a
-// zero-point-padded image of Hp x Wp pixels (Wp = W + 2 * pad_w, plus KW * C bytes of slack after the last
-// row), band by band; output pixel (oh, ow) is then row v = oh * Wp + ow of a GEMM whose A row starts at pixel
-// v of the padded image and whose K runs over the KH kernel rows, each KW * C contiguous bytes, dilation_h * Wp pixels
-// apart. Rows with ow >= OW (the Wp - OW columns between output rows) are computed and dropped: (Wp - OW) / Wp
-// extra work (3 % for a 3x3 over 56 columns) against an im2col copy of KH * KW times the input.
+// zero-point-padded image of Hp x Wp pixels (Wp = W + 2 * pad_w), band by band; output pixel (oh, ow) is then row ow of run oh of a GEMM whose A row starts at pixel
+// oh * Wp + ow of the padded image and whose K runs over the KH kernel rows, each KW * C contiguous bytes,
+// dilation_h * Wp pixels apart. Against an im2col copy of KH * KW times the input, nothing is copied.
 // 1x1, stride 1, no padding, one group: a plain GEMM over the pixels (see conv2d_nhwc).
 bool pointwise(const ConvShape& s) {
   return s.groups == 1 && s.kernel_h == 1 && s.kernel_w == 1 && s.stride_h == 1 && s.stride_w == 1 && s.pad_h == 0 &&
@@ -290,7 +288,7 @@ bool implicit_ok(const KernelTable& k, const ConvShape& s) {
 // (x_float, with x_scale / pad_value as the zero point: the quantize op's int8, one pass instead of two).
 // Tasks are bands of output rows of one image (a whole image when there are enough images for the threads):
 // each builds the padded rows its band reads in its own thread's scratch, then runs the GEMM over them in
-// blocks of about kPixelBlock virtual rows, so the padded rows are read from the cache of the core that
+// blocks of about kPixelBlock output pixels, so the padded rows are read from the cache of the core that
 // wrote them (a whole padded batch built first ran from L3 at batch 8: 878 vs 954 GOPS per image at batch 1).
 // Neighbouring bands both build the KH - 1 rows they share.
 void conv2d_implicit(const KernelTable& k, const uint8_t* x, const float* x_float, float x_scale, bool x_signed,
@@ -315,8 +313,8 @@ void conv2d_implicit(const KernelTable& k, const uint8_t* x, const float* x_floa
     const int64_t oh0 = s.out_h * band / bands, oh1 = s.out_h * (band + 1) / bands;
     if (oh1 <= oh0) return;
     // Output row oh reads padded rows oh .. oh + halo (stride 1).
-    const int64_t hp0 = oh0, hp1 = oh1 + halo, slack = s.kernel_w * C + 64;
-    auto* xp = thread_scratch_as<uint8_t>(ScratchSlot::kPadded, static_cast<size_t>((hp1 - hp0) * prow_bytes + slack));
+    const int64_t hp0 = oh0, hp1 = oh1 + halo;
+    auto* xp = thread_scratch_as<uint8_t>(ScratchSlot::kPadded, static_cast<size_t>((hp1 - hp0) * prow_bytes));
     for (int64_t hp = hp0; hp < hp1; ++hp) {
       const int64_t ih = hp - s.pad_h;
       uint8_t* dst = xp + (hp - hp0) * prow_bytes;
@@ -333,26 +331,18 @@ void conv2d_implicit(const KernelTable& k, const uint8_t* x, const float* x_floa
       }
       std::memset(dst + s.pad_w * C + row_bytes, pad_byte, static_cast<size_t>(s.pad_w * C));
     }
-    std::memset(xp + (hp1 - hp0) * prow_bytes, pad_byte, static_cast<size_t>(slack));
-    const int64_t rows_v = (oh1 - oh0 - 1) * Wp + s.out_w;  // virtual rows of the band
-    const int64_t block = std::min(rows_v, round_up(ceil_div(rows_v, ceil_div(rows_v, kPixelBlock)), 6));
-    for (int64_t v0 = 0; v0 < rows_v; v0 += block) {
-      const int64_t rows = std::min(block, rows_v - v0);
+    // Blocks of whole output rows, about kPixelBlock pixels each; every output row is one run of the kernel's
+    // rows (the padding columns between output rows are skipped), and the block's accumulators are the
+    // block's output pixels in order, so one epilogue call covers the block.
+    const int64_t band_rows = oh1 - oh0;
+    const int64_t per_block = std::max<int64_t>(1, kPixelBlock / s.out_w);
+    const int64_t block = ceil_div(band_rows, ceil_div(band_rows, per_block));
+    for (int64_t r0 = 0; r0 < band_rows; r0 += block) {
+      const int64_t rows = std::min(block, band_rows - r0) * s.out_w;
       AccBlock acc(rows, 0, N);
-      k.conv_implicit_s32(xp + v0 * C, x_signed, C, s.dilation_h * prow_bytes, s.kernel_h, s.kernel_w * C, packed,
-                          rows, N, 0, N, acc.base, acc.ld);
-      // The epilogue, one run of real output pixels (one output row's worth at most) at a time.
-      for (int64_t v = v0; v < v0 + rows;) {
-        const int64_t oh = oh0 + v / Wp, ow = v % Wp;
-        if (ow >= s.out_w) {
-          v += Wp - ow;
-          continue;
-        }
-        const int64_t run = std::min(s.out_w - ow, v0 + rows - v);
-        k.gemm_epilogue(acc.base + (v - v0) * acc.ld, acc.ld, run, b * out_image + oh * s.out_w + ow, 0, N, ek, out,
-                        N);
-        v += run;
-      }
+      k.conv_implicit_s32(xp + r0 * prow_bytes, x_signed, C, s.dilation_h * prow_bytes, s.kernel_h, s.kernel_w * C,
+                          s.out_w, prow_bytes, packed, rows, N, 0, N, acc.base, acc.ld);
+      k.gemm_epilogue(acc.base, acc.ld, rows, b * out_image + (oh0 + r0) * s.out_w, 0, N, ek, out, N);
     }
   });
 }

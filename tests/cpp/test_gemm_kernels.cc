@@ -275,17 +275,22 @@ TEST(GemmKernels, EpilogueIsBitIdenticalAcrossPaths) {
 }
 
 // conv_implicit_s32 (where a path has it): the rows it gathers from segments are built explicitly into a plain
-// A matrix, whose reference GEMM is the expected result; column sub-ranges on step boundaries included.
+// A matrix, whose reference GEMM is the expected result; column sub-ranges on step boundaries included. Rows
+// come in runs (output rows of a convolution): runs that divide M or not, of one row, of fewer rows than a
+// tile, of more rows than the kernel's row block, and one run over all rows.
 TEST(GemmKernels, ImplicitConvolutionMatchesGatheredGemm) {
   struct Case {
-    int64_t pixel_stride, segment_stride, segments, seg_len, M, N;
+    int64_t pixel_stride, segment_stride, segments, seg_len, M, N, run, run_stride;
   };
   const Case cases[] = {
-      {64, 58 * 64, 3, 192, 131, 64},     // a 3x3 over 64 channels on a 58-pixel-wide padded image
-      {8, 13 * 8 * 2, 3, 40, 50, 70},     // dilation 2 rows, KW = 5, two column panels
-      {4, 9 * 4, 2, 8, 7, 3},             // tiny: one partial row tile, N < one panel
-      {256, 10 * 256, 3, 768, 20, 40},    // kernel rows longer than one K block (chunked)
-      {12, 11 * 12, 1, 36, 45, 130},      // a single segment
+      {64, 58 * 64, 3, 192, 131, 64, 131, 0},       // one run: a 3x3 over 64 channels, 58-pixel-wide image
+      {64, 58 * 64, 3, 192, 168, 64, 56, 58 * 64},  // three output rows of 56 pixels (tiles 6 x 8 + 4 + 4)
+      {8, 13 * 8 * 2, 3, 40, 50, 70, 9, 13 * 8},    // dilation 2 rows, KW = 5, two column panels, a partial run
+      {4, 9 * 4, 2, 8, 7, 3, 7, 9 * 4},             // tiny: one partial row tile, N < one panel
+      {256, 10 * 256, 3, 768, 20, 40, 2, 10 * 256}, // kernel rows longer than one K block (chunked); 2-row runs
+      {12, 11 * 12, 1, 36, 45, 130, 1, 3 * 12},     // a single segment; runs of one row
+      {16, 260 * 16, 3, 48, 450, 20, 223, 260 * 16},  // runs longer than the kernel's row block
+      {64, 9 * 64, 3, 192, 49, 128, 7, 9 * 64},     // a 7 x 7 output: tiles of 4 + 3 rows
   };
   for (Isa isa : usable_isas()) {
     const KernelTable& t = *kernel_table(isa);
@@ -293,7 +298,8 @@ TEST(GemmKernels, ImplicitConvolutionMatchesGatheredGemm) {
     for (const Case& c : cases) {
       for (bool sg : {false, true}) {
         const int64_t K = c.segments * c.seg_len;
-        const int64_t span = (c.M - 1) * c.pixel_stride + (c.segments - 1) * c.segment_stride + c.seg_len;
+        auto row_at = [&](int64_t m) { return (m / c.run) * c.run_stride + (m % c.run) * c.pixel_stride; };
+        const int64_t span = row_at(c.M - 1) + (c.segments - 1) * c.segment_stride + c.seg_len;
         GemmCase g(c.M, c.N, K, sg, static_cast<uint32_t>(K + c.M), Fill::kRandom, Fill::kRandom, 0, 3);
         std::vector<uint8_t> X(static_cast<size_t>(span));
         std::mt19937 rng(static_cast<uint32_t>(span));
@@ -301,16 +307,16 @@ TEST(GemmKernels, ImplicitConvolutionMatchesGatheredGemm) {
         for (int64_t m = 0; m < c.M; ++m)
           for (int64_t sgm = 0; sgm < c.segments; ++sgm)
             for (int64_t i = 0; i < c.seg_len; ++i)
-              g.A[m * g.lda + sgm * c.seg_len + i] = X[m * c.pixel_stride + sgm * c.segment_stride + i];
+              g.A[m * g.lda + sgm * c.seg_len + i] = X[row_at(m) + sgm * c.segment_stride + i];
         const int64_t step = t.gemm_n_step;
         for (auto [n0, n1] : {std::pair<int64_t, int64_t>{0, c.N}, {step < c.N ? step : 0, c.N}}) {
           SCOPED_TRACE(gemm_trace(isa, c.M, c.N, K, sg, step, "implicit conv") + " cols " + std::to_string(n0) +
-                       ".." + std::to_string(n1));
+                       ".." + std::to_string(n1) + " run " + std::to_string(c.run));
           Aligned packed(t.gemm_packed_size(c.N, K));
           t.gemm_pack(g.W.data(), c.N, K, packed.p);
           std::vector<int32_t> C(c.M * g.ldc, kSentinel);
-          t.conv_implicit_s32(X.data(), sg, c.pixel_stride, c.segment_stride, c.segments, c.seg_len, packed.p, c.M,
-                              c.N, n0, n1, C.data(), g.ldc);
+          t.conv_implicit_s32(X.data(), sg, c.pixel_stride, c.segment_stride, c.segments, c.seg_len, c.run,
+                              c.run_stride, packed.p, c.M, c.N, n0, n1, C.data(), g.ldc);
           expect_same(C, expected_gemm(g, n0, n1), g.ldc);
         }
       }

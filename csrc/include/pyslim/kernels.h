@@ -176,12 +176,15 @@ struct KernelTable {
   void (*gemm_s32)(const void* A, bool a_signed, int64_t lda, const void* packed, int64_t M, int64_t N, int64_t K,
                    int64_t n_begin, int64_t n_end, int32_t* C, int64_t ldc);
   // Implicit-GEMM convolution (optional: null on paths without one; the driver then uses im2col + gemm_s32).
-  // The same product as gemm_s32, with K = segments * seg_len and row m of A gathered from `segments` runs:
-  //   A[m][s * seg_len + t] = X[m * pixel_stride + s * segment_stride + t]    (bytes; t < seg_len)
-  // For a stride-1 convolution with dilation_w 1 and one group over a padded NHWC image, m indexes the output
-  // pixels on a grid as wide as the padded input, pixel_stride = C, segment s is kernel row s (seg_len =
-  // KW * C bytes, segment_stride = dilation_h * padded width * C), and W is the flattened (kh, kw, c) weight
-  // packed by gemm_pack with K = KH * KW * C — so no im2col copy is made. seg_len % 4 == 0.
+  // The same product as gemm_s32, with K = segments * seg_len and row m of A gathered from `segments` runs of
+  // bytes; the rows come in runs of `run` rows, run j starting run_stride bytes after run j - 1:
+  //   A[m][s * seg_len + t] = X[(m / run) * run_stride + (m % run) * pixel_stride + s * segment_stride + t]
+  // (bytes; t < seg_len; run >= 1, and a run >= M makes it one run). For a stride-1 convolution with
+  // dilation_w 1 and one group over a padded NHWC image, m indexes the output pixels, a run is one output row
+  // (run = OW, pixel_stride = C, run_stride = padded width * C), segment s is kernel row s (seg_len = KW * C
+  // bytes, segment_stride = dilation_h * padded width * C), and W is the flattened (kh, kw, c) weight packed by
+  // gemm_pack with K = KH * KW * C — so no im2col copy is made, and no product is computed for the padding
+  // columns. seg_len % 4 == 0. C row m is output row m (compact).
   // The epilogue of a block of int32 accumulators (GemmEpilogue above): rows [0, rows) x columns
   // [n_begin, n_end) of acc (row r is matrix row row0 + r; acc is indexed by absolute column) into `out`,
   // element (0, 0) of the output matrix (row stride ldo), typed by e.kind. Every path compiles the same source
@@ -190,8 +193,8 @@ struct KernelTable {
   void (*gemm_epilogue)(const int32_t* acc, int64_t ldacc, int64_t rows, int64_t row0, int64_t n_begin,
                         int64_t n_end, const GemmEpilogue& e, void* out, int64_t ldo);
   void (*conv_implicit_s32)(const void* X, bool x_signed, int64_t pixel_stride, int64_t segment_stride,
-                            int64_t segments, int64_t seg_len, const void* packed, int64_t M, int64_t N,
-                            int64_t n_begin, int64_t n_end, int32_t* C, int64_t ldc);
+                            int64_t segments, int64_t seg_len, int64_t run, int64_t run_stride, const void* packed,
+                            int64_t M, int64_t N, int64_t n_begin, int64_t n_end, int32_t* C, int64_t ldc);
 
   // ---- depthwise 2-D convolution, NHWC, exact int32 accumulation ----
   //   out[b][oh][ow][c] = sum_{i<KH, j<KW} x[b][oh*sh - ph + i*dh][ow*sw - pw + j*dw][c] * w[i][j][c]

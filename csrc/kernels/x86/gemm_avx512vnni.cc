@@ -307,15 +307,26 @@ void gemm(const uint8_t* A, int64_t lda, const void* packed, int64_t M, int64_t 
   }
 }
 
+// Rows of the next row tile when `left` rows remain in a run: whole kMR-row tiles, but a remainder of 1 to
+// kMR - 1 rows after the last whole tile is shared with it as two near-equal tiles (7 -> 4 + 3, 8 -> 4 + 4),
+// so that no tile is left with one or two rows, whose four W loads per group feed only 4 or 8 vpdpbusd.
+inline int64_t tile_rows(int64_t left) {
+  if (left > kMR && left < 2 * kMR) return (left + 1) / 2;
+  return min64(kMR, left);
+}
+
 // Implicit-GEMM convolution (kernels.h conv_implicit_s32): the direct-read GEMM above with A row m gathered
-// from `segments` runs of seg_len bytes. Rows are pixel_stride bytes apart and consecutive rows overlap, so six
-// rows of a tile share cache lines (no L1 set aliasing, unlike long GEMM rows) and no copy is needed. K blocks
-// follow the GEMM's rule (at most kKCgMax groups of W per N panel, so the sub-panel stays in L1): whole
-// segments when one fits, else equal chunks of one segment.
+// from `segments` runs of seg_len bytes. Rows are pixel_stride bytes apart inside a run of `run` rows (one
+// output row of the convolution) and consecutive rows overlap, so six rows of a tile share cache lines (no L1
+// set aliasing, unlike long GEMM rows) and no copy is needed. Row tiles stay inside a run, so the padding
+// columns between output rows cost nothing (computing them as rows of one long run cost 2 / (OW + 2) of the
+// work: 3 % at 56 columns, 22 % at 7). K blocks follow the GEMM's rule (at most kKCgMax groups of W per N panel,
+// so the sub-panel stays in L1): whole segments when one fits, else equal chunks of one segment. Row blocks
+// are whole runs of up to kMC rows where a run fits.
 template <bool kSigned>
 void conv_implicit(const uint8_t* X, int64_t pixel_stride, int64_t segment_stride, int64_t segments,
-                   int64_t seg_len, const void* packed, int64_t M, int64_t N, int64_t n_begin, int64_t n_end,
-                   int32_t* C, int64_t ldc) {
+                   int64_t seg_len, int64_t run, int64_t run_stride, const void* packed, int64_t M, int64_t N,
+                   int64_t n_begin, int64_t n_end, int32_t* C, int64_t ldc) {
   const int64_t np = round_up(N, kNR), k4 = segments * seg_len / 4, seg_g = seg_len / 4;
   const int32_t* bias = kSigned ? static_cast<const int32_t*>(packed) : nullptr;
   const int8_t* panels = static_cast<const int8_t*>(packed) + np * 4;
@@ -323,22 +334,25 @@ void conv_implicit(const uint8_t* X, int64_t pixel_stride, int64_t segment_strid
   const int64_t per_block = seg_g <= kKCgMax ? (kKCgMax / seg_g > 0 ? kKCgMax / seg_g : 1) : 1;
   const int64_t chunks = seg_g <= kKCgMax ? 1 : (seg_g + kKCg - 1) / kKCg;
   const int64_t chunk_g = (seg_g + chunks - 1) / chunks;
-  for (int64_t m0 = 0; m0 < M; m0 += kMC) {
-    const int64_t mc = min64(kMC, M - m0);
+  const int64_t mc_max = run < kMC ? kMC / run * run : kMC;
+  for (int64_t m0 = 0; m0 < M; m0 += mc_max) {
+    const int64_t m1 = min64(M, m0 + mc_max);
     bool first = true;
     for (int64_t s0 = 0; s0 < segments; s0 += per_block) {
       const int64_t ns = min64(per_block, segments - s0);
       for (int64_t c0 = 0; c0 < seg_g; c0 += chunk_g) {
         const int64_t cg = chunks == 1 ? seg_g : min64(chunk_g, seg_g - c0);
+        const int64_t kg = ns * cg;
         for (int64_t n0 = n_begin; n0 < n_end; n0 += kNR) {
           const int64_t cols = min64(kNR, n_end - n0);
           const int8_t* wp = panels + ((n0 / kNR) * k4 + s0 * seg_g + c0) * kNR * 4;
           const int32_t* b = bias ? bias + n0 : nullptr;
-          for (int64_t r0 = 0; r0 < mc; r0 += kMR) {
-            int32_t* c = C + (m0 + r0) * ldc + n0;
-            const uint8_t* at = X + (m0 + r0) * pixel_stride + s0 * segment_stride + c0 * 4;
-            const int64_t kg = ns * cg;
-            switch (min64(kMR, mc - r0)) {
+          for (int64_t m = m0; m < m1;) {
+            const int64_t j = m / run, i = m % run;
+            const int64_t rows = tile_rows(min64(run - i, m1 - m));
+            int32_t* c = C + m * ldc + n0;
+            const uint8_t* at = X + j * run_stride + i * pixel_stride + s0 * segment_stride + c0 * 4;
+            switch (rows) {
               case 1: micro_kernel<1, kSigned>(at, pixel_stride, 4, wp, kg, c, ldc, b, first, cols, ns, segment_stride); break;
               case 2: micro_kernel<2, kSigned>(at, pixel_stride, 4, wp, kg, c, ldc, b, first, cols, ns, segment_stride); break;
               case 3: micro_kernel<3, kSigned>(at, pixel_stride, 4, wp, kg, c, ldc, b, first, cols, ns, segment_stride); break;
@@ -346,6 +360,7 @@ void conv_implicit(const uint8_t* X, int64_t pixel_stride, int64_t segment_strid
               case 5: micro_kernel<5, kSigned>(at, pixel_stride, 4, wp, kg, c, ldc, b, first, cols, ns, segment_stride); break;
               default: micro_kernel<6, kSigned>(at, pixel_stride, 4, wp, kg, c, ldc, b, first, cols, ns, segment_stride); break;
             }
+            m += rows;
           }
         }
         first = false;
@@ -355,14 +370,17 @@ void conv_implicit(const uint8_t* X, int64_t pixel_stride, int64_t segment_strid
 }
 
 void conv_implicit_s32(const void* X, bool x_signed, int64_t pixel_stride, int64_t segment_stride, int64_t segments,
-                       int64_t seg_len, const void* packed, int64_t M, int64_t N, int64_t n_begin, int64_t n_end,
-                       int32_t* C, int64_t ldc) {
+                       int64_t seg_len, int64_t run, int64_t run_stride, const void* packed, int64_t M, int64_t N,
+                       int64_t n_begin, int64_t n_end, int32_t* C, int64_t ldc) {
   if (M <= 0 || segments <= 0 || seg_len <= 0 || n_end <= n_begin) return;
+  if (run <= 0 || run > M) run = M;
   const auto* x = static_cast<const uint8_t*>(X);
   if (x_signed) {
-    conv_implicit<true>(x, pixel_stride, segment_stride, segments, seg_len, packed, M, N, n_begin, n_end, C, ldc);
+    conv_implicit<true>(x, pixel_stride, segment_stride, segments, seg_len, run, run_stride, packed, M, N, n_begin,
+                        n_end, C, ldc);
   } else {
-    conv_implicit<false>(x, pixel_stride, segment_stride, segments, seg_len, packed, M, N, n_begin, n_end, C, ldc);
+    conv_implicit<false>(x, pixel_stride, segment_stride, segments, seg_len, run, run_stride, packed, M, N, n_begin,
+                         n_end, C, ldc);
   }
 }
 
