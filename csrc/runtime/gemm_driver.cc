@@ -284,6 +284,45 @@ bool implicit_ok(const KernelTable& k, const ConvShape& s) {
          s.dilation_w == 1 && (s.kernel_w * s.in_c) % 4 == 0 && s.kernel_h * s.kernel_w > 1;
 }
 
+// Padded rows [hp0, hp1) of image b (padded coordinates: row hp is input row hp - pad_h) into dst, rows of
+// (in_w + 2 pad_w) * in_c bytes, the zero point (pad_value) around and outside the input. x is int8 / uint8
+// (x_float null), or x_float is float32, quantized row by row here with x_scale and pad_value as the zero
+// point (the quantize op's int8: one pass instead of two).
+void build_padded_rows(const KernelTable& k, const uint8_t* x, const float* x_float, float x_scale,
+                       int32_t pad_value, const ConvShape& s, int64_t b, int64_t hp0, int64_t hp1, uint8_t* dst) {
+  const auto pad_byte = static_cast<uint8_t>(pad_value & 0xff);
+  const int64_t C = s.in_c, row_bytes = s.in_w * C, prow_bytes = (s.in_w + 2 * s.pad_w) * C;
+  const auto side = static_cast<size_t>(s.pad_w * C);
+  for (int64_t hp = hp0; hp < hp1; ++hp, dst += prow_bytes) {
+    const int64_t ih = hp - s.pad_h;
+    if (ih < 0 || ih >= s.in_h) {
+      std::memset(dst, pad_byte, static_cast<size_t>(prow_bytes));
+      continue;
+    }
+    std::memset(dst, pad_byte, side);
+    if (x_float != nullptr) {
+      k.quantize_int8(x_float + (b * s.in_h + ih) * row_bytes, reinterpret_cast<int8_t*>(dst + side), row_bytes,
+                      &x_scale, &pad_value, 0, -128, 127, RoundMode::kHalfToEven);
+    } else {
+      std::memcpy(dst + side, x + (b * s.in_h + ih) * row_bytes, static_cast<size_t>(row_bytes));
+    }
+    std::memset(dst + side + row_bytes, pad_byte, side);
+  }
+}
+
+// Bands of output rows per image for the band-by-band drivers: padded bands of at most kBandBytes; with several
+// threads, at least four tasks per thread (taken as they come, so a core that falls behind — another process
+// on it — takes fewer), but bands of at least four output rows; then a task count that is a multiple of the
+// thread count where rows allow.
+int64_t band_count(const ConvShape& s, int threads) {
+  const int64_t Hp = s.in_h + 2 * s.pad_h, prow_bytes = (s.in_w + 2 * s.pad_w) * s.in_c;
+  int64_t bands = std::max<int64_t>(1, ceil_div(Hp * prow_bytes, kBandBytes));
+  if (threads > 1) bands = std::max(bands, ceil_div(4 * threads, s.batch));
+  bands = std::min(bands, std::max<int64_t>(1, s.out_h / 4));
+  while ((s.batch * bands) % threads != 0 && bands < s.out_h) ++bands;
+  return bands;
+}
+
 // x is either int8 / uint8 (x_float null) or float32 quantized row by row while the padded image is built
 // (x_float, with x_scale / pad_value as the zero point: the quantize op's int8, one pass instead of two).
 // Tasks are bands of output rows of one image (a whole image when there are enough images for the threads):
@@ -294,17 +333,10 @@ bool implicit_ok(const KernelTable& k, const ConvShape& s) {
 void conv2d_implicit(const KernelTable& k, const uint8_t* x, const float* x_float, float x_scale, bool x_signed,
                      int32_t pad_value, const void* packed, const ConvShape& s, const GemmEpilogue& e, void* out,
                      int threads) {
-  const auto pad_byte = static_cast<uint8_t>(pad_value & 0xff);
   const int64_t C = s.in_c, N = s.out_c;
-  const int64_t Hp = s.in_h + 2 * s.pad_h, Wp = s.in_w + 2 * s.pad_w;
-  const int64_t row_bytes = s.in_w * C, prow_bytes = Wp * C, halo = s.dilation_h * (s.kernel_h - 1);
-  // Bands per image: padded bands of at most kBandBytes; with several threads, at least four tasks per thread
-  // (taken as they come, so a core that falls behind — another process on it — takes fewer), but bands of at
-  // least four output rows; then a task count that is a multiple of the thread count where rows allow.
-  int64_t bands = std::max<int64_t>(1, ceil_div(Hp * prow_bytes, kBandBytes));
-  if (threads > 1) bands = std::max(bands, ceil_div(4 * threads, s.batch));
-  bands = std::min(bands, std::max<int64_t>(1, s.out_h / 4));
-  while ((s.batch * bands) % threads != 0 && bands < s.out_h) ++bands;
+  const int64_t Wp = s.in_w + 2 * s.pad_w;
+  const int64_t prow_bytes = Wp * C, halo = s.dilation_h * (s.kernel_h - 1);
+  const int64_t bands = band_count(s, threads);
   GemmEpilogue ek = e;
   ek.k = s.kernel_h * s.kernel_w * C;
   const int64_t out_image = s.out_h * s.out_w;
@@ -315,22 +347,7 @@ void conv2d_implicit(const KernelTable& k, const uint8_t* x, const float* x_floa
     // Output row oh reads padded rows oh .. oh + halo (stride 1).
     const int64_t hp0 = oh0, hp1 = oh1 + halo;
     auto* xp = thread_scratch_as<uint8_t>(ScratchSlot::kPadded, static_cast<size_t>((hp1 - hp0) * prow_bytes));
-    for (int64_t hp = hp0; hp < hp1; ++hp) {
-      const int64_t ih = hp - s.pad_h;
-      uint8_t* dst = xp + (hp - hp0) * prow_bytes;
-      if (ih < 0 || ih >= s.in_h) {
-        std::memset(dst, pad_byte, static_cast<size_t>(prow_bytes));
-        continue;
-      }
-      std::memset(dst, pad_byte, static_cast<size_t>(s.pad_w * C));
-      if (x_float != nullptr) {
-        k.quantize_int8(x_float + (b * s.in_h + ih) * row_bytes, reinterpret_cast<int8_t*>(dst + s.pad_w * C),
-                        row_bytes, &x_scale, &pad_value, 0, -128, 127, RoundMode::kHalfToEven);
-      } else {
-        std::memcpy(dst + s.pad_w * C, x + (b * s.in_h + ih) * row_bytes, static_cast<size_t>(row_bytes));
-      }
-      std::memset(dst + s.pad_w * C + row_bytes, pad_byte, static_cast<size_t>(s.pad_w * C));
-    }
+    build_padded_rows(k, x, x_float, x_scale, pad_value, s, b, hp0, hp1, xp);
     // Blocks of whole output rows, about kPixelBlock pixels each; every output row is one run of the kernel's
     // rows (the padding columns between output rows are skipped), and the block's accumulators are the
     // block's output pixels in order, so one epilogue call covers the block.
@@ -343,6 +360,67 @@ void conv2d_implicit(const KernelTable& k, const uint8_t* x, const float* x_floa
       k.conv_implicit_s32(xp + r0 * prow_bytes, x_signed, C, s.dilation_h * prow_bytes, s.kernel_h, s.kernel_w * C,
                           s.out_w, prow_bytes, packed, rows, N, 0, N, acc.base, acc.ld);
       k.gemm_epilogue(acc.base, acc.ld, rows, b * out_image + (oh0 + r0) * s.out_w, 0, N, ek, out, N);
+    }
+  });
+}
+
+
+// True when conv2d_grouped applies: groups of a few channels that the path bundles (conv_grouped_fits).
+bool grouped_ok(const KernelTable& k, const ConvShape& s) {
+  return k.conv_grouped_s32 != nullptr && s.groups > 1 &&
+         k.conv_grouped_fits(s.groups, s.in_c / s.groups, s.out_c / s.groups, s.kernel_h * s.kernel_w);
+}
+
+// Grouped convolution on the path's bundled kernel (kernels.h conv_grouped_s32), band by band as in
+// conv2d_implicit, any stride / dilation / padding: each task builds the padded rows its band of output rows
+// reads, the kernel reorders them in place on its first block, and the blocks of about kPixelBlock output
+// pixels (whole output rows) go through the epilogue over all columns at once.
+void conv2d_grouped(const KernelTable& k, const uint8_t* x, const float* x_float, float x_scale, bool x_signed,
+                    int32_t pad_value, const void* packed, int64_t group_stride, const ConvShape& s,
+                    const GemmEpilogue& e, void* out, int threads) {
+  const int64_t C = s.in_c, N = s.out_c, Wp = s.in_w + 2 * s.pad_w, prow_bytes = Wp * C;
+  const int64_t bands = band_count(s, threads);
+  GemmEpilogue ek = e;
+  ek.k = s.kernel_h * s.kernel_w * (C / s.groups);
+  const int64_t out_image = s.out_h * s.out_w;
+  parallel_for(s.batch * bands, threads, [&](int64_t task) {
+    const int64_t b = task / bands, band = task % bands;
+    const int64_t oh0 = s.out_h * band / bands, oh1 = s.out_h * (band + 1) / bands;
+    if (oh1 <= oh0) return;
+    const int64_t hp0 = oh0 * s.stride_h, hp1 = (oh1 - 1) * s.stride_h + s.dilation_h * (s.kernel_h - 1) + 1;
+    auto* xp = thread_scratch_as<uint8_t>(ScratchSlot::kPadded, static_cast<size_t>((hp1 - hp0) * prow_bytes));
+    build_padded_rows(k, x, x_float, x_scale, pad_value, s, b, hp0, hp1, xp);
+    GroupedConvBand g{};
+    g.x = xp;
+    g.x_signed = x_signed;
+    g.padded_rows = hp1 - hp0;
+    g.padded_w = Wp;
+    g.channels = C;
+    g.groups = s.groups;
+    g.cin_g = C / s.groups;
+    g.cout_g = N / s.groups;
+    g.kernel_h = s.kernel_h;
+    g.kernel_w = s.kernel_w;
+    g.stride_h = s.stride_h;
+    g.stride_w = s.stride_w;
+    g.dilation_h = s.dilation_h;
+    g.dilation_w = s.dilation_w;
+    g.out_w = s.out_w;
+    g.packed = packed;
+    g.group_stride = group_stride;
+    const int64_t band_rows = oh1 - oh0;
+    const int64_t per_block = std::max<int64_t>(1, kPixelBlock / s.out_w);
+    const int64_t block = ceil_div(band_rows, ceil_div(band_rows, per_block));
+    for (int64_t r0 = 0; r0 < band_rows; r0 += block) {
+      const int64_t rows = std::min(block, band_rows - r0);
+      AccBlock acc(rows * s.out_w, 0, N);
+      g.row_begin = r0;
+      g.row_end = r0 + rows;
+      g.prepare = r0 == 0;
+      g.acc = acc.base;
+      g.ldacc = acc.ld;
+      k.conv_grouped_s32(g);
+      k.gemm_epilogue(acc.base, acc.ld, rows * s.out_w, b * out_image + (oh0 + r0) * s.out_w, 0, N, ek, out, N);
     }
   });
 }
@@ -367,6 +445,10 @@ void conv2d_nhwc(const KernelTable& k, const void* x, bool x_signed, int32_t pad
   const auto pad_byte = static_cast<uint8_t>(pad_value & 0xff);
   if (implicit_ok(k, s)) {
     conv2d_implicit(k, xb, nullptr, 1.0f, x_signed, pad_value, packed, s, e, out, threads);
+    return;
+  }
+  if (grouped_ok(k, s)) {
+    conv2d_grouped(k, xb, nullptr, 1.0f, x_signed, pad_value, packed, group_stride, s, e, out, threads);
     return;
   }
   // Pixel blocks: whole row tiles (multiples of 6), about kPixelBlock pixels, so that a task's im2col block
@@ -483,6 +565,10 @@ void conv2d_nhwc_float(const KernelTable& k, const float* x, float x_scale, int3
   if (s.batch * s.out_h * s.out_w == 0 || s.out_c == 0) return;
   if (implicit_ok(k, s)) {
     conv2d_implicit(k, nullptr, x, x_scale, true, x_zero_point, packed, s, e, out, threads);
+    return;
+  }
+  if (grouped_ok(k, s)) {
+    conv2d_grouped(k, nullptr, x, x_scale, true, x_zero_point, packed, group_stride, s, e, out, threads);
     return;
   }
   if (pointwise(s)) {

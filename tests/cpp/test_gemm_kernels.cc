@@ -19,6 +19,7 @@
 #include <utility>
 #include <vector>
 
+#include "pyslim/gemm.h"
 #include "pyslim/isa.h"
 #include "pyslim/kernels.h"
 
@@ -318,6 +319,68 @@ TEST(GemmKernels, ImplicitConvolutionMatchesGatheredGemm) {
           t.conv_implicit_s32(X.data(), sg, c.pixel_stride, c.segment_stride, c.segments, c.seg_len, c.run,
                               c.run_stride, packed.p, c.M, c.N, n0, n1, C.data(), g.ldc);
           expect_same(C, expected_gemm(g, n0, n1), g.ldc);
+        }
+      }
+    }
+  }
+}
+
+// Grouped convolutions through the driver (conv2d_nhwc, int32 output) on every path against the reference
+// table's: the bundled grouped kernel where a path has one (16 / cout_g groups a vector, cin_g of 4 to 32,
+// the in-place reorder, strides, dilation, padding, channel counts that are not a multiple of 64, one and
+// two threads), and shapes it declines (cout_g 32, cin_g 6, groups not a multiple of the bundle), which take
+// im2col. Extreme inputs (all -128 / 255 against all -128 weights) included.
+TEST(GemmKernels, GroupedConvolutionMatchesReference) {
+  struct Case {
+    int64_t batch, h, w, cin, cout, kh, kw, sh, sw, ph, pw, dh, dw, groups;
+  };
+  const Case cases[] = {
+      {2, 13, 11, 64, 64, 3, 3, 1, 1, 1, 1, 1, 1, 16},   // cin_g 4, cout_g 4
+      {1, 15, 14, 128, 128, 3, 3, 2, 2, 1, 1, 1, 1, 16}, // cin_g 8, cout_g 8, reordered, stride 2
+      {1, 12, 9, 64, 32, 3, 3, 1, 1, 2, 2, 2, 2, 4},     // cin_g 16, cout_g 8, dilated
+      {2, 10, 13, 48, 48, 3, 3, 1, 2, 1, 1, 1, 1, 3},    // cin_g 16, cout_g 16, 48 channels
+      {1, 7, 30, 32, 16, 1, 3, 1, 1, 0, 1, 1, 1, 8},     // cin_g 4, cout_g 2, 30 columns
+      {1, 9, 12, 64, 32, 3, 3, 2, 1, 0, 1, 1, 1, 2},     // cin_g 32, cout_g 16
+      {1, 8, 8, 64, 64, 3, 3, 1, 1, 1, 1, 1, 1, 2},      // cout_g 32: declined
+      {1, 6, 7, 18, 24, 3, 3, 1, 1, 1, 1, 1, 1, 3},      // cin_g 6: declined
+      {1, 6, 7, 24, 24, 3, 3, 1, 1, 1, 1, 1, 1, 3},      // 3 groups of 8 outputs (bundles of 2): declined
+  };
+  for (Isa isa : usable_isas()) {
+    const KernelTable& t = *kernel_table(isa);
+    for (const Case& c : cases) {
+      const int64_t cin_g = c.cin / c.groups, cout_g = c.cout / c.groups, kg = c.kh * c.kw * cin_g;
+      const int64_t oh = (c.h + 2 * c.ph - c.dh * (c.kh - 1) - 1) / c.sh + 1;
+      const int64_t ow = (c.w + 2 * c.pw - c.dw * (c.kw - 1) - 1) / c.sw + 1;
+      const ConvShape s{c.batch, c.h, c.w, c.cin, c.cout, c.kh, c.kw, oh, ow, c.sh, c.sw, c.ph, c.pw, c.dh, c.dw,
+                        c.groups};
+      for (int fill = 0; fill < 3; ++fill) {
+        for (bool sg : {true, false}) {
+          std::mt19937 rng(static_cast<uint32_t>(c.cin * 131 + c.h + fill));
+          std::vector<uint8_t> x(static_cast<size_t>(c.batch * c.h * c.w * c.cin));
+          std::vector<int8_t> w(static_cast<size_t>(c.cout * kg));
+          for (auto& v : x) v = fill == 0 ? static_cast<uint8_t>(rng()) : (sg ? 0x80 : 0xff);
+          for (auto& v : w) v = fill == 0 ? static_cast<int8_t>(rng()) : fill == 1 ? -128 : 127;
+          const int32_t pad = sg ? -7 : 200;
+          std::vector<std::vector<int32_t>> results;
+          for (const KernelTable* table : {&ref(), &t}) {
+            const int64_t gs = (table->gemm_packed_size(cout_g, kg) + 63) / 64 * 64;
+            Aligned packed(gs * c.groups);
+            for (int64_t g = 0; g < c.groups; ++g)
+              table->gemm_pack(w.data() + g * cout_g * kg, cout_g, kg, static_cast<uint8_t*>(packed.p) + g * gs);
+            for (int threads : {1, 2}) {
+              std::vector<int32_t> out(static_cast<size_t>(c.batch * oh * ow * c.cout), kSentinel);
+              GemmEpilogue e;
+              e.kind = GemmEpilogue::kInt32;
+              conv2d_nhwc(*table, x.data(), sg, pad, packed.p, gs, s, e, out.data(), threads);
+              results.push_back(std::move(out));
+            }
+          }
+          SCOPED_TRACE(std::string("isa=") + isa_name(isa) + " groups=" + std::to_string(c.groups) + " cin=" +
+                       std::to_string(c.cin) + " cout=" + std::to_string(c.cout) + " fill=" + std::to_string(fill) +
+                       " signed=" + std::to_string(sg));
+          ASSERT_EQ(results[0], results[1]);  // the reference, 1 and 2 threads
+          ASSERT_EQ(results[0], results[2]);
+          ASSERT_EQ(results[0], results[3]);
         }
       }
     }

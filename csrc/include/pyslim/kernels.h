@@ -81,6 +81,21 @@ struct GemmEpilogue {
   int64_t k = 0;
 };
 
+// One band of a grouped convolution (KernelTable::conv_grouped_s32).
+struct GroupedConvBand {
+  uint8_t* x;
+  bool x_signed;
+  int64_t padded_rows, padded_w, channels;
+  int64_t groups, cin_g, cout_g;
+  int64_t kernel_h, kernel_w, stride_h, stride_w, dilation_h, dilation_w;
+  int64_t row_begin, row_end, out_w;
+  bool prepare;
+  const void* packed;
+  int64_t group_stride;
+  int32_t* acc;
+  int64_t ldacc;
+};
+
 struct KernelTable {
   // ---- reductions ----
   // max_i |x[i]|; NaN if any x[i] is NaN; 0 for n == 0.
@@ -195,6 +210,19 @@ struct KernelTable {
   void (*conv_implicit_s32)(const void* X, bool x_signed, int64_t pixel_stride, int64_t segment_stride,
                             int64_t segments, int64_t seg_len, int64_t run, int64_t run_stride, const void* packed,
                             int64_t M, int64_t N, int64_t n_begin, int64_t n_end, int32_t* C, int64_t ldc);
+
+  // Grouped convolution with small groups (optional: null on paths without one; the driver then uses im2col +
+  // gemm_s32 per group). For output rows j in [row_begin, row_end) of a band, x out_w columns, computes every
+  // output channel's exact int32 sum_{kh, kw, c < cin_g} x_pad[j*sh + kh*dh][i*sw + kw*dw][g*cin_g + c] *
+  // W_g[o][(kh, kw, c)] into acc row (j - row_begin) * out_w + i, column g * cout_g + o (the same sums as
+  // gemm_s32 on the group's im2col rows). x is the zero-point-padded band: `padded_rows` rows of padded_w
+  // pixels of `channels` bytes, x_pad row 0 = x's first row. A call with `prepare` rewrites the band in place
+  // into the path's own layout first; the later calls over the same band must pass prepare = false. packed
+  // holds the groups' weights as gemm_pack makes them, group g at packed + g * group_stride.
+  // conv_grouped_fits says which (groups, cin_g, cout_g, taps = KH * KW) the path takes; the driver calls
+  // conv_grouped_s32 only for those.
+  bool (*conv_grouped_fits)(int64_t groups, int64_t cin_g, int64_t cout_g, int64_t taps);
+  void (*conv_grouped_s32)(const GroupedConvBand& band);
 
   // ---- depthwise 2-D convolution, NHWC, exact int32 accumulation ----
   //   out[b][oh][ow][c] = sum_{i<KH, j<KW} x[b][oh*sh - ph + i*dh][ow*sw - pw + j*dw][c] * w[i][j][c]

@@ -85,6 +85,8 @@ void fill_reference_gemm(KernelTable* t) {
   t->gemm_pack = reference::gemm_pack;
   t->gemm_s32 = reference::gemm_s32;
   t->conv_implicit_s32 = nullptr;  // optional; the driver falls back to im2col + gemm_s32
+  t->conv_grouped_fits = nullptr;  // optional, likewise
+  t->conv_grouped_s32 = nullptr;
   t->depthwise_conv_s32 = reference::depthwise_conv_s32;
 }
 

@@ -384,6 +384,172 @@ void conv_implicit_s32(const void* X, bool x_signed, int64_t pixel_stride, int64
   }
 }
 
+// ---- Grouped convolution with small groups (kernels.h conv_grouped_s32) ----
+// A group of cout_g = 16 / S output channels fills only a sixteenth to a half of a 64-column tile (ResNeXt's 32
+// groups of 4 or 8 channels: im2col + one GEMM per group ran at 4 % of the VNNI peak). Here one vector holds S
+// groups (a bundle): lane l = o * S + h is output channel o of group u * S + h of bundle u. One k step is a
+// quad of input channels (q) of one tap; the band is first reordered in place so that the S groups' quads q of
+// a pixel are S adjacent dwords (bundle bytes (q * S + h) * 4), so one broadcast of S dwords (a plain load:
+// vpbroadcastd / q, vbroadcasti32x4 / 64x4) feeds a whole vector, and W for the bundle is one 64-byte vector
+// per step, gathered once per call from the groups' packed panels. Up to kGrpRows pixels of one output row per
+// tile (one accumulator each); a permute puts each row's 16 sums back in channel order for the epilogue.
+constexpr int64_t kGrpRows = 12;
+constexpr int64_t kGrpMaxSteps = 512;  // taps * cin_g / 4 per group (a 32 KiB W block on the stack)
+
+bool conv_grouped_fits(int64_t groups, int64_t cin_g, int64_t cout_g, int64_t taps) {
+  if (groups < 2 || cin_g < 4 || cin_g % 4 != 0 || taps < 1) return false;
+  if (cout_g != 2 && cout_g != 4 && cout_g != 8 && cout_g != 16) return false;
+  const int64_t S = 16 / cout_g, Q = cin_g / 4, d = S * Q;
+  // whole bundles, and bundles that tile a 64-byte block (the in-place reorder permutes 64 bytes at a time)
+  return groups % S == 0 && d <= 16 && (d & (d - 1)) == 0 && taps * Q <= kGrpMaxSteps;
+}
+
+// Reorders a band of whole bundles in place, (h, q) -> (q, h) dwords within each bundle of S * Q dwords, and
+// flips int8 to uint8 (^ 0x80; the bias then removes 128 * sum(W)).
+void grouped_prepare(uint8_t* x, int64_t bytes, int64_t S, int64_t Q, bool flip) {
+  const bool reorder = S > 1 && Q > 1;
+  if (!reorder && !flip) return;
+  const int64_t d = S * Q;
+  alignas(64) int32_t idx[16];
+  for (int64_t l = 0; l < 16; ++l) {
+    const int64_t e = l % d, q = e / S, h = e % S;
+    idx[l] = static_cast<int32_t>(l - e + h * Q + q);
+  }
+  const __m512i vi = _mm512_load_si512(idx);
+  const __m512i f = _mm512_set1_epi8(flip ? static_cast<char>(0x80) : 0);
+  int64_t i = 0;
+  for (; i + 64 <= bytes; i += 64) {
+    __m512i v = _mm512_loadu_si512(x + i);
+    if (reorder) v = _mm512_maskz_permutexvar_epi32(0xffff, vi, v);
+    _mm512_storeu_si512(x + i, _mm512_xor_si512(v, f));
+  }
+  if (i < bytes) {  // whole bundles: a multiple of 4 * d bytes, so the permutation stays inside the tail
+    const auto m = static_cast<__mmask16>((1u << ((bytes - i) / 4)) - 1u);
+    __m512i v = _mm512_maskz_loadu_epi32(m, x + i);
+    if (reorder) v = _mm512_maskz_permutexvar_epi32(0xffff, vi, v);
+    _mm512_mask_storeu_epi32(x + i, m, _mm512_xor_si512(v, f));
+  }
+}
+
+template <int S>
+inline __m512i broadcast_bundle(const uint8_t* p) {
+  if constexpr (S == 1) {
+    int32_t v;
+    std::memcpy(&v, p, 4);
+    return _mm512_set1_epi32(v);
+  } else if constexpr (S == 2) {
+    long long v;
+    std::memcpy(&v, p, 8);
+    return _mm512_set1_epi64(v);
+  } else if constexpr (S == 4) {
+    return _mm512_maskz_broadcast_i32x4(0xffff, _mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+  } else {
+    return _mm512_maskz_broadcast_i64x4(0xff, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
+  }
+}
+
+#define PYSLIM_GRP_ROWS(X) X(0) X(1) X(2) X(3) X(4) X(5) X(6) X(7) X(8) X(9) X(10) X(11)
+// R pixels (rows a + r * pstride) x one bundle over `steps` k steps (step t reads a + aoff[t] + r * pstride,
+// and W at wv + t * wstride).
+template <int R, int S>
+__attribute__((noinline)) void grouped_tile(const uint8_t* a, int64_t pstride, const int64_t* aoff,
+                                            const int32_t* wv, int64_t wstride, int64_t steps, const int32_t* init,
+                                            const int32_t* perm, int32_t* c, int64_t ldc) {
+  static_assert(R >= 1 && R <= kGrpRows, "row count");
+  const __m512i b = _mm512_load_si512(init);
+#define PYSLIM_DECL(r) __m512i c##r = b;
+  PYSLIM_GRP_ROWS(PYSLIM_DECL)
+#undef PYSLIM_DECL
+  for (int64_t t = 0; t < steps; ++t) {
+    const __m512i w = _mm512_load_si512(wv + t * wstride);
+    const uint8_t* at = a + aoff[t];
+#define PYSLIM_STEP(r) \
+  if constexpr (R > r) c##r = dpbusd(c##r, broadcast_bundle<S>(at + r * pstride), w);
+    PYSLIM_GRP_ROWS(PYSLIM_STEP)
+#undef PYSLIM_STEP
+  }
+  const __m512i p = _mm512_load_si512(perm);
+#define PYSLIM_STORE(r) \
+  if constexpr (R > r) _mm512_storeu_si512(c + r * ldc, _mm512_maskz_permutexvar_epi32(0xffff, p, c##r));
+  PYSLIM_GRP_ROWS(PYSLIM_STORE)
+#undef PYSLIM_STORE
+  (void)c0;
+}
+#undef PYSLIM_GRP_ROWS
+
+// Rows of the next tile when `left` pixels of the output row remain (as tile_rows, for kGrpRows).
+inline int64_t grouped_tile_rows(int64_t left) {
+  if (left > kGrpRows && left < 2 * kGrpRows) return (left + 1) / 2;
+  return min64(kGrpRows, left);
+}
+
+template <int S>
+void grouped_rows(const GroupedConvBand& b, const uint8_t* xb, const int64_t* aoff, const int32_t* wv,
+                  int64_t wstride, int64_t steps, const int32_t* init, const int32_t* perm, int64_t u) {
+  const int64_t prow = b.padded_w * b.channels, pstride = b.stride_w * b.channels;
+  for (int64_t j = b.row_begin; j < b.row_end; ++j) {
+    for (int64_t i = 0; i < b.out_w;) {
+      const int64_t R = grouped_tile_rows(b.out_w - i);
+      const uint8_t* a = xb + j * b.stride_h * prow + i * pstride;
+      int32_t* c = b.acc + ((j - b.row_begin) * b.out_w + i) * b.ldacc + u * 16;
+      switch (R) {
+#define PYSLIM_CASE(n) \
+  case n: grouped_tile<n, S>(a, pstride, aoff, wv, wstride, steps, init, perm, c, b.ldacc); break;
+        PYSLIM_CASE(1) PYSLIM_CASE(2) PYSLIM_CASE(3) PYSLIM_CASE(4) PYSLIM_CASE(5) PYSLIM_CASE(6)
+        PYSLIM_CASE(7) PYSLIM_CASE(8) PYSLIM_CASE(9) PYSLIM_CASE(10) PYSLIM_CASE(11)
+        default: grouped_tile<12, S>(a, pstride, aoff, wv, wstride, steps, init, perm, c, b.ldacc); break;
+#undef PYSLIM_CASE
+      }
+      i += R;
+    }
+  }
+}
+
+void conv_grouped_s32(const GroupedConvBand& b) {
+  if (b.row_end <= b.row_begin || b.out_w <= 0) return;
+  const int64_t S = 16 / b.cout_g, Q = b.cin_g / 4, steps = b.kernel_h * b.kernel_w * Q;
+  const int64_t bundles = b.groups / S, prow = b.padded_w * b.channels;
+  if (b.prepare) grouped_prepare(b.x, b.padded_rows * prow, S, Q, b.x_signed);
+  alignas(64) int32_t wv[kGrpMaxSteps * 16];
+  alignas(64) int32_t init[16], perm[16], gidx[16];
+  int64_t aoff[kGrpMaxSteps];  // step t = (kh, kw, q) of bundle 0; bundle u adds u * S * Q * 4 bytes
+  for (int64_t kh = 0, t = 0; kh < b.kernel_h; ++kh)
+    for (int64_t kw = 0; kw < b.kernel_w; ++kw)
+      for (int64_t q = 0; q < Q; ++q) aoff[t++] = kh * b.dilation_h * prow + kw * b.dilation_w * b.channels + q * S * 4;
+  for (int64_t p = 0; p < 16; ++p) perm[p] = static_cast<int32_t>((p % b.cout_g) * S + p / b.cout_g);
+  // A group's packed block (gemm_pack, N = cout_g <= 64): int32 bias[64], then step t's 64 columns of 4 bytes
+  // (so with one group a vector, the 16 columns of a step are read in place, 256 bytes apart).
+  for (int64_t l = 0; l < 16; ++l) gidx[l] = static_cast<int32_t>(((l % S) * b.group_stride) / 4 + kNR + l / S);
+  const __m512i gi = _mm512_load_si512(gidx);
+  for (int64_t u = 0; u < bundles; ++u) {
+    const auto* g0 = static_cast<const uint8_t*>(b.packed) + u * S * b.group_stride;
+    const int32_t* w = wv;
+    int64_t wstride = 16;
+    if (S == 1) {
+      w = reinterpret_cast<const int32_t*>(g0) + kNR;
+      wstride = kNR;
+      _mm512_store_si512(init, b.x_signed ? _mm512_loadu_si512(g0) : _mm512_setzero_si512());
+    } else {
+      for (int64_t t = 0; t < steps; ++t)
+        _mm512_store_si512(wv + t * 16,
+                           _mm512_mask_i32gather_epi32(_mm512_setzero_si512(), 0xffff,
+                                                       _mm512_add_epi32(gi, _mm512_set1_epi32(static_cast<int>(t * kNR))),
+                                                       g0, 4));
+      const __m512i bias = _mm512_mask_i32gather_epi32(_mm512_setzero_si512(), 0xffff,
+                                                       _mm512_sub_epi32(gi, _mm512_set1_epi32(static_cast<int>(kNR))),
+                                                       g0, 4);
+      _mm512_store_si512(init, b.x_signed ? bias : _mm512_setzero_si512());
+    }
+    const uint8_t* xb = b.x + u * S * Q * 4;
+    switch (S) {
+      case 1: grouped_rows<1>(b, xb, aoff, w, wstride, steps, init, perm, u); break;
+      case 2: grouped_rows<2>(b, xb, aoff, w, wstride, steps, init, perm, u); break;
+      case 4: grouped_rows<4>(b, xb, aoff, w, wstride, steps, init, perm, u); break;
+      default: grouped_rows<8>(b, xb, aoff, w, wstride, steps, init, perm, u); break;
+    }
+  }
+}
+
 void gemm_s32(const void* A, bool a_signed, int64_t lda, const void* packed, int64_t M, int64_t N, int64_t K,
               int64_t n_begin, int64_t n_end, int32_t* C, int64_t ldc) {
   if (M <= 0 || K <= 0 || n_end <= n_begin) return;
@@ -729,6 +895,8 @@ void fill_avx512vnni_gemm(KernelTable* t) {
   t->gemm_pack = vnni::gemm_pack;
   t->gemm_s32 = vnni::gemm_s32;
   t->conv_implicit_s32 = vnni::conv_implicit_s32;
+  t->conv_grouped_fits = vnni::conv_grouped_fits;
+  t->conv_grouped_s32 = vnni::conv_grouped_s32;
   t->depthwise_conv_s32 = vnni::depthwise_conv_s32;
 }
 
