@@ -328,7 +328,7 @@ TEST(GemmKernels, ImplicitConvolutionMatchesGatheredGemm) {
 // Grouped convolutions through the driver (conv2d_nhwc, int32 output) on every path against the reference
 // table's: the bundled grouped kernel where a path has one (16 / cout_g groups a vector, cin_g of 4 to 32,
 // the in-place reorder, strides, dilation, padding, channel counts that are not a multiple of 64, one and
-// two threads), and shapes it declines (cout_g 32, cin_g 6, groups not a multiple of the bundle), which take
+// two threads), and shapes it declines (cout_g 64, cin_g 6, groups not a multiple of the bundle), which take
 // im2col. Extreme inputs (all -128 / 255 against all -128 weights) included.
 TEST(GemmKernels, GroupedConvolutionMatchesReference) {
   struct Case {
@@ -341,7 +341,9 @@ TEST(GemmKernels, GroupedConvolutionMatchesReference) {
       {2, 10, 13, 48, 48, 3, 3, 1, 2, 1, 1, 1, 1, 3},    // cin_g 16, cout_g 16, 48 channels
       {1, 7, 30, 32, 16, 1, 3, 1, 1, 0, 1, 1, 1, 8},     // cin_g 4, cout_g 2, 30 columns
       {1, 9, 12, 64, 32, 3, 3, 2, 1, 0, 1, 1, 1, 2},     // cin_g 32, cout_g 16
-      {1, 8, 8, 64, 64, 3, 3, 1, 1, 1, 1, 1, 1, 2},      // cout_g 32: declined
+      {1, 8, 8, 64, 64, 3, 3, 1, 1, 1, 1, 1, 1, 2},      // cin_g 32, cout_g 32: two vectors a group
+      {2, 7, 15, 48, 32, 3, 3, 1, 1, 1, 1, 1, 1, 2},     // cin_g 24 (6 quads), cout_g 16
+      {1, 6, 7, 128, 128, 3, 3, 1, 1, 1, 1, 1, 1, 2},    // cout_g 64: declined
       {1, 6, 7, 18, 24, 3, 3, 1, 1, 1, 1, 1, 1, 3},      // cin_g 6: declined
       {1, 6, 7, 24, 24, 3, 3, 1, 1, 1, 1, 1, 1, 3},      // 3 groups of 8 outputs (bundles of 2): declined
   };

@@ -174,7 +174,7 @@ LARGE_CONVS = [
     (12, 130, (1, 3), (1, 1), (0, 1), (1, 1), 1, 5, 9),
     (256, 40, (3, 3), (1, 1), (1, 1), (1, 1), 1, 9, 8),
     # Groups of a few channels take the bundled grouped kernel where a path has one (avx512vnni): 16 / cout_g
-    # groups per vector, cin_g of 4 to 32 (the reorder in place when both exceed one), strides, dilation,
+    # groups per vector (a group of 32 in two), cin_g of 4 to 32 (the reorder in place when both exceed one), strides, dilation,
     # a channel count that is not a multiple of 64, and rows of 12-pixel tiles and shared remainders.
     (64, 64, (3, 3), (1, 1), (1, 1), (1, 1), 16, 13, 11),    # cin_g 4, cout_g 4: 4 groups a vector
     (128, 128, (3, 3), (2, 2), (1, 1), (1, 1), 16, 15, 14),  # cin_g 8, cout_g 8: 2 groups, reordered; stride 2
@@ -182,6 +182,8 @@ LARGE_CONVS = [
     (48, 48, (3, 3), (1, 2), (1, 1), (1, 1), 3, 10, 13),     # cin_g 16, cout_g 16: 1 group; 48 channels
     (32, 16, (1, 3), (1, 1), (0, 1), (1, 1), 8, 7, 30),      # cin_g 4, cout_g 2: 8 groups; 30 columns
     (64, 32, (3, 3), (2, 1), (0, 1), (1, 1), 2, 9, 12),      # cin_g 32, cout_g 16
+    (64, 64, (3, 3), (1, 1), (1, 1), (1, 1), 2, 8, 26),      # cout_g 32: two vectors a group
+    (48, 32, (3, 3), (1, 1), (1, 1), (1, 1), 2, 7, 15),      # cin_g 24 (6 quads), cout_g 16
 ]
 
 

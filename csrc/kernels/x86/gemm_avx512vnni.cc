@@ -385,23 +385,27 @@ void conv_implicit_s32(const void* X, bool x_signed, int64_t pixel_stride, int64
 }
 
 // ---- Grouped convolution with small groups (kernels.h conv_grouped_s32) ----
-// A group of cout_g = 16 / S output channels fills only a sixteenth to a half of a 64-column tile (ResNeXt's 32
+// A group of 2 to 32 output channels fills only a thirty-second to a half of a 64-column tile (ResNeXt's 32
 // groups of 4 or 8 channels: im2col + one GEMM per group ran at 4 % of the VNNI peak). Here one vector holds S
-// groups (a bundle): lane l = o * S + h is output channel o of group u * S + h of bundle u. One k step is a
-// quad of input channels (q) of one tap; the band is first reordered in place so that the S groups' quads q of
-// a pixel are S adjacent dwords (bundle bytes (q * S + h) * 4), so one broadcast of S dwords (a plain load:
-// vpbroadcastd / q, vbroadcasti32x4 / 64x4) feeds a whole vector, and W for the bundle is one 64-byte vector
-// per step, gathered once per call from the groups' packed panels. Up to kGrpRows pixels of one output row per
-// tile (one accumulator each); a permute puts each row's 16 sums back in channel order for the epilogue.
+// = 16 / cout_g groups (a bundle): lane l = o * S + h is output channel o of group u * S + h of bundle u (a
+// group of 16 or 32 outputs is a bundle of its own, in one or two vectors). One k step is a quad of input
+// channels (q) of one tap; the band is first reordered in place so that the S groups' quads q of a pixel are S
+// adjacent dwords (bundle bytes (q * S + h) * 4), so one broadcast of S dwords (a plain load: vpbroadcastd / q,
+// vbroadcasti32x4 / 64x4) feeds a whole vector. W for a bundle is one 64-byte vector per step: the group's
+// packed panel read in place for S = 1, else gathered once per call from the S groups' panels. Up to kGrpRows
+// pixels of one output row per tile (one accumulator each, two for 32 outputs); for S > 1 a permute puts each
+// row's 16 sums back in channel order for the epilogue.
 constexpr int64_t kGrpRows = 12;
 constexpr int64_t kGrpMaxSteps = 512;  // taps * cin_g / 4 per group (a 32 KiB W block on the stack)
 
 bool conv_grouped_fits(int64_t groups, int64_t cin_g, int64_t cout_g, int64_t taps) {
   if (groups < 2 || cin_g < 4 || cin_g % 4 != 0 || taps < 1) return false;
-  if (cout_g != 2 && cout_g != 4 && cout_g != 8 && cout_g != 16) return false;
-  const int64_t S = 16 / cout_g, Q = cin_g / 4, d = S * Q;
-  // whole bundles, and bundles that tile a 64-byte block (the in-place reorder permutes 64 bytes at a time)
-  return groups % S == 0 && d <= 16 && (d & (d - 1)) == 0 && taps * Q <= kGrpMaxSteps;
+  if (cout_g != 2 && cout_g != 4 && cout_g != 8 && cout_g != 16 && cout_g != 32) return false;
+  const int64_t S = cout_g >= 16 ? 1 : 16 / cout_g, Q = cin_g / 4, d = S * Q;
+  // Whole bundles; where the band is reordered (S > 1 and Q > 1), bundles that tile a 64-byte block (the
+  // reorder permutes 64 bytes at a time).
+  if (groups % S != 0 || taps * Q > kGrpMaxSteps) return false;
+  return S == 1 || Q == 1 || (d <= 16 && (d & (d - 1)) == 0);
 }
 
 // Reorders a band of whole bundles in place, (h, q) -> (q, h) dwords within each bundle of S * Q dwords, and
@@ -449,31 +453,46 @@ inline __m512i broadcast_bundle(const uint8_t* p) {
 }
 
 #define PYSLIM_GRP_ROWS(X) X(0) X(1) X(2) X(3) X(4) X(5) X(6) X(7) X(8) X(9) X(10) X(11)
-// R pixels (rows a + r * pstride) x one bundle over `steps` k steps (step t reads a + aoff[t] + r * pstride,
-// and W at wv + t * wstride).
-template <int R, int S>
+// R pixels (rows a + r * pstride) x one bundle of 16 V columns over `steps` k steps (step t reads a + aoff[t] +
+// r * pstride, and W at wv + t * wstride: V vectors of 16). V = 2 (a group of 32 outputs) only with S = 1.
+template <int R, int S, int V>
 __attribute__((noinline)) void grouped_tile(const uint8_t* a, int64_t pstride, const int64_t* aoff,
                                             const int32_t* wv, int64_t wstride, int64_t steps, const int32_t* init,
                                             const int32_t* perm, int32_t* c, int64_t ldc) {
-  static_assert(R >= 1 && R <= kGrpRows, "row count");
-  const __m512i b = _mm512_load_si512(init);
-#define PYSLIM_DECL(r) __m512i c##r = b;
+  static_assert(R >= 1 && R <= kGrpRows && (V == 1 || (V == 2 && S == 1)), "tile shape");
+  const __m512i b0 = _mm512_load_si512(init);
+  const __m512i b1 = V == 2 ? _mm512_load_si512(init + 16) : b0;
+#define PYSLIM_DECL(r) __m512i c##r = b0, d##r = b1;
   PYSLIM_GRP_ROWS(PYSLIM_DECL)
 #undef PYSLIM_DECL
   for (int64_t t = 0; t < steps; ++t) {
-    const __m512i w = _mm512_load_si512(wv + t * wstride);
+    const __m512i w0 = _mm512_load_si512(wv + t * wstride);
+    const __m512i w1 = V == 2 ? _mm512_load_si512(wv + t * wstride + 16) : w0;
     const uint8_t* at = a + aoff[t];
-#define PYSLIM_STEP(r) \
-  if constexpr (R > r) c##r = dpbusd(c##r, broadcast_bundle<S>(at + r * pstride), w);
+#define PYSLIM_STEP(r)                                        \
+  if constexpr (R > r) {                                      \
+    const __m512i av = broadcast_bundle<S>(at + r * pstride); \
+    c##r = dpbusd(c##r, av, w0);                              \
+    if constexpr (V == 2) d##r = dpbusd(d##r, av, w1);        \
+  }
     PYSLIM_GRP_ROWS(PYSLIM_STEP)
 #undef PYSLIM_STEP
   }
   const __m512i p = _mm512_load_si512(perm);
-#define PYSLIM_STORE(r) \
-  if constexpr (R > r) _mm512_storeu_si512(c + r * ldc, _mm512_maskz_permutexvar_epi32(0xffff, p, c##r));
+  (void)p;
+#define PYSLIM_STORE(r)                                                                         \
+  if constexpr (R > r) {                                                                        \
+    if constexpr (S == 1) {                                                                     \
+      _mm512_storeu_si512(c + r * ldc, c##r);                                                   \
+      if constexpr (V == 2) _mm512_storeu_si512(c + r * ldc + 16, d##r);                        \
+    } else {                                                                                    \
+      _mm512_storeu_si512(c + r * ldc, _mm512_maskz_permutexvar_epi32(0xffff, p, c##r));        \
+    }                                                                                           \
+  }
   PYSLIM_GRP_ROWS(PYSLIM_STORE)
 #undef PYSLIM_STORE
   (void)c0;
+  (void)d0;
 }
 #undef PYSLIM_GRP_ROWS
 
@@ -483,7 +502,7 @@ inline int64_t grouped_tile_rows(int64_t left) {
   return min64(kGrpRows, left);
 }
 
-template <int S>
+template <int S, int V>
 void grouped_rows(const GroupedConvBand& b, const uint8_t* xb, const int64_t* aoff, const int32_t* wv,
                   int64_t wstride, int64_t steps, const int32_t* init, const int32_t* perm, int64_t u) {
   const int64_t prow = b.padded_w * b.channels, pstride = b.stride_w * b.channels;
@@ -491,13 +510,13 @@ void grouped_rows(const GroupedConvBand& b, const uint8_t* xb, const int64_t* ao
     for (int64_t i = 0; i < b.out_w;) {
       const int64_t R = grouped_tile_rows(b.out_w - i);
       const uint8_t* a = xb + j * b.stride_h * prow + i * pstride;
-      int32_t* c = b.acc + ((j - b.row_begin) * b.out_w + i) * b.ldacc + u * 16;
+      int32_t* c = b.acc + ((j - b.row_begin) * b.out_w + i) * b.ldacc + u * 16 * V;
       switch (R) {
 #define PYSLIM_CASE(n) \
-  case n: grouped_tile<n, S>(a, pstride, aoff, wv, wstride, steps, init, perm, c, b.ldacc); break;
+  case n: grouped_tile<n, S, V>(a, pstride, aoff, wv, wstride, steps, init, perm, c, b.ldacc); break;
         PYSLIM_CASE(1) PYSLIM_CASE(2) PYSLIM_CASE(3) PYSLIM_CASE(4) PYSLIM_CASE(5) PYSLIM_CASE(6)
         PYSLIM_CASE(7) PYSLIM_CASE(8) PYSLIM_CASE(9) PYSLIM_CASE(10) PYSLIM_CASE(11)
-        default: grouped_tile<12, S>(a, pstride, aoff, wv, wstride, steps, init, perm, c, b.ldacc); break;
+        default: grouped_tile<12, S, V>(a, pstride, aoff, wv, wstride, steps, init, perm, c, b.ldacc); break;
 #undef PYSLIM_CASE
       }
       i += R;
@@ -507,11 +526,12 @@ void grouped_rows(const GroupedConvBand& b, const uint8_t* xb, const int64_t* ao
 
 void conv_grouped_s32(const GroupedConvBand& b) {
   if (b.row_end <= b.row_begin || b.out_w <= 0) return;
-  const int64_t S = 16 / b.cout_g, Q = b.cin_g / 4, steps = b.kernel_h * b.kernel_w * Q;
+  const int64_t S = b.cout_g >= 16 ? 1 : 16 / b.cout_g, V = b.cout_g >= 16 ? b.cout_g / 16 : 1;
+  const int64_t Q = b.cin_g / 4, steps = b.kernel_h * b.kernel_w * Q;
   const int64_t bundles = b.groups / S, prow = b.padded_w * b.channels;
   if (b.prepare) grouped_prepare(b.x, b.padded_rows * prow, S, Q, b.x_signed);
   alignas(64) int32_t wv[kGrpMaxSteps * 16];
-  alignas(64) int32_t init[16], perm[16], gidx[16];
+  alignas(64) int32_t init[32], perm[16], gidx[16];
   int64_t aoff[kGrpMaxSteps];  // step t = (kh, kw, q) of bundle 0; bundle u adds u * S * Q * 4 bytes
   for (int64_t kh = 0, t = 0; kh < b.kernel_h; ++kh)
     for (int64_t kw = 0; kw < b.kernel_w; ++kw)
@@ -529,6 +549,7 @@ void conv_grouped_s32(const GroupedConvBand& b) {
       w = reinterpret_cast<const int32_t*>(g0) + kNR;
       wstride = kNR;
       _mm512_store_si512(init, b.x_signed ? _mm512_loadu_si512(g0) : _mm512_setzero_si512());
+      _mm512_store_si512(init + 16, b.x_signed ? _mm512_loadu_si512(g0 + 64) : _mm512_setzero_si512());
     } else {
       for (int64_t t = 0; t < steps; ++t)
         _mm512_store_si512(wv + t * 16,
@@ -541,11 +562,11 @@ void conv_grouped_s32(const GroupedConvBand& b) {
       _mm512_store_si512(init, b.x_signed ? bias : _mm512_setzero_si512());
     }
     const uint8_t* xb = b.x + u * S * Q * 4;
-    switch (S) {
-      case 1: grouped_rows<1>(b, xb, aoff, w, wstride, steps, init, perm, u); break;
-      case 2: grouped_rows<2>(b, xb, aoff, w, wstride, steps, init, perm, u); break;
-      case 4: grouped_rows<4>(b, xb, aoff, w, wstride, steps, init, perm, u); break;
-      default: grouped_rows<8>(b, xb, aoff, w, wstride, steps, init, perm, u); break;
+    switch (S * V) {
+      case 1: grouped_rows<1, 1>(b, xb, aoff, w, wstride, steps, init, perm, u); break;
+      case 2: (V == 2 ? grouped_rows<1, 2> : grouped_rows<2, 1>)(b, xb, aoff, w, wstride, steps, init, perm, u); break;
+      case 4: grouped_rows<4, 1>(b, xb, aoff, w, wstride, steps, init, perm, u); break;
+      default: grouped_rows<8, 1>(b, xb, aoff, w, wstride, steps, init, perm, u); break;
     }
   }
 }
