@@ -467,9 +467,17 @@ void conv2d_nhwc(const KernelTable& k, const void* x, bool x_signed, int32_t pad
     const int64_t p0 = (task / groups) * pixel_block;
     const int64_t rows = std::min(pixel_block, pixels - p0);
     uint8_t* a = thread_scratch_as<uint8_t>(ScratchSlot::kIm2col, static_cast<size_t>(rows * kg));
+    // (b, oh, ow) of pixel p0, then stepped pixel by pixel (three 64-bit divisions a pixel were a third of the
+    // 3-channel stem's im2col).
+    int64_t b = p0 / (s.out_h * s.out_w), oh = (p0 / s.out_w) % s.out_h, ow = p0 % s.out_w - 1;
     for (int64_t r = 0; r < rows; ++r) {
-      const int64_t p = p0 + r;
-      const int64_t b = p / (s.out_h * s.out_w), oh = (p / s.out_w) % s.out_h, ow = p % s.out_w;
+      if (++ow == s.out_w) {
+        ow = 0;
+        if (++oh == s.out_h) {
+          oh = 0;
+          ++b;
+        }
+      }
       uint8_t* dst = a + r * kg;
       const int64_t iw0 = ow * s.stride_w - s.pad_w;
       const bool w_inside = iw0 >= 0 && iw0 + (s.kernel_w - 1) * s.dilation_w < s.in_w;

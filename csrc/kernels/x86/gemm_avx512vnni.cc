@@ -126,13 +126,13 @@ inline __m512i dpbusd(__m512i acc, __m512i a_u8, __m512i w_s8) {
 // place; the packed block is flipped already). The kg groups are taken from nseg segments of kg / nseg groups
 // each, segment s starting at a_base + s * seg_stride (the implicit convolution's kernel rows; 1 for a GEMM);
 // W runs on continuously.
-template <int R, bool kFlip>
+template <int R, bool kFlip, int NV = 4>
 __attribute__((noinline)) void micro_kernel(const uint8_t* a_base, int64_t row_stride, int64_t group_stride,
                                             const int8_t* wp, int64_t kg, int32_t* C, int64_t ldc,
                                             const int32_t* bias, bool first, int64_t cols, int64_t nseg = 1,
                                             int64_t seg_stride = 0, const int8_t* prefetch = nullptr,
                                             int64_t prefetch_groups = 0) {
-  static_assert(R >= 1 && R <= kMR, "row count");
+  static_assert(R >= 1 && R <= kMR && NV >= 1 && NV <= 4, "tile shape");
   __mmask16 m0, m1, m2, m3;
   {
     auto mk = [cols](int j) -> __mmask16 {
@@ -158,7 +158,7 @@ __attribute__((noinline)) void micro_kernel(const uint8_t* a_base, int64_t row_s
     c##r##1 = b1;        \
     c##r##2 = b2;        \
     c##r##3 = b3;        \
-  }
+  }  // (the columns >= NV are dead code)
     PYSLIM_VNNI_ROWS(PYSLIM_INIT)
 #undef PYSLIM_INIT
   } else {
@@ -179,9 +179,9 @@ __attribute__((noinline)) void micro_kernel(const uint8_t* a_base, int64_t row_s
   for (int64_t g = 0; g < seg_groups; ++g) {
     const int8_t* w = wp + (s * seg_groups + g) * kNR * 4;
     const __m512i w0 = _mm512_load_si512(w);
-    const __m512i w1 = _mm512_load_si512(w + 64);
-    const __m512i w2 = _mm512_load_si512(w + 128);
-    const __m512i w3 = _mm512_load_si512(w + 192);
+    const __m512i w1 = NV > 1 ? _mm512_load_si512(w + 64) : w0;
+    const __m512i w2 = NV > 2 ? _mm512_load_si512(w + 128) : w0;
+    const __m512i w3 = NV > 3 ? _mm512_load_si512(w + 192) : w0;
     const uint8_t* a = a_base + s * seg_stride + g * group_stride;
     if (g < prefetch_groups) {  // the four lines of one group of another W sub-panel
       const char* pf = reinterpret_cast<const char*>(prefetch + g * kNR * 4);
@@ -196,37 +196,51 @@ __attribute__((noinline)) void micro_kernel(const uint8_t* a_base, int64_t row_s
     std::memcpy(&word, a + r * row_stride, 4);                           \
     __m512i av = _mm512_set1_epi32(word);                                \
     if constexpr (kFlip) av = _mm512_xor_si512(av, flip);                \
-    c##r##0 = dpbusd(c##r##0, av, w0);                      \
-    c##r##1 = dpbusd(c##r##1, av, w1);                      \
-    c##r##2 = dpbusd(c##r##2, av, w2);                      \
-    c##r##3 = dpbusd(c##r##3, av, w3);                      \
+    c##r##0 = dpbusd(c##r##0, av, w0);                                   \
+    if constexpr (NV > 1) c##r##1 = dpbusd(c##r##1, av, w1);             \
+    if constexpr (NV > 2) c##r##2 = dpbusd(c##r##2, av, w2);             \
+    if constexpr (NV > 3) c##r##3 = dpbusd(c##r##3, av, w3);             \
   }
     PYSLIM_VNNI_ROWS(PYSLIM_STEP)
 #undef PYSLIM_STEP
   }
-#define PYSLIM_STORE(r)                                       \
-  if constexpr (R > r) {                                      \
-    _mm512_mask_storeu_epi32(C + r * ldc, m0, c##r##0);       \
-    _mm512_mask_storeu_epi32(C + r * ldc + 16, m1, c##r##1);  \
-    _mm512_mask_storeu_epi32(C + r * ldc + 32, m2, c##r##2);  \
-    _mm512_mask_storeu_epi32(C + r * ldc + 48, m3, c##r##3);  \
+#define PYSLIM_STORE(r)                                                             \
+  if constexpr (R > r) {                                                            \
+    _mm512_mask_storeu_epi32(C + r * ldc, m0, c##r##0);                             \
+    if constexpr (NV > 1) _mm512_mask_storeu_epi32(C + r * ldc + 16, m1, c##r##1);  \
+    if constexpr (NV > 2) _mm512_mask_storeu_epi32(C + r * ldc + 32, m2, c##r##2);  \
+    if constexpr (NV > 3) _mm512_mask_storeu_epi32(C + r * ldc + 48, m3, c##r##3);  \
   }
   PYSLIM_VNNI_ROWS(PYSLIM_STORE)
 #undef PYSLIM_STORE
 }
 #undef PYSLIM_VNNI_ROWS
 
-// One row tile of `rows` (1..kMR) rows of A at `a`, `row_stride` bytes apart, over kg groups (micro_kernel).
+// One row tile of `rows` (1..kMR) rows of A at `a`, `row_stride` bytes apart, over kg groups (micro_kernel),
+// with as many column vectors as `cols` needs: a panel of up to 16, 32 or 48 valid columns (N = 16, 24, 40, the
+// last 16 of N = 80 or 144, the 3-channel stem's 32) skips the dot products of its empty vectors.
+template <bool kFlip, int NV>
+void tile_nv(int64_t rows, const uint8_t* a, int64_t row_stride, const int8_t* wp, int64_t kg, int32_t* c,
+             int64_t ldc, const int32_t* b, bool first, int64_t cols, int64_t nseg, int64_t seg_stride,
+             const int8_t* pf, int64_t pfn) {
+  switch (rows) {
+#define PYSLIM_CASE(n) \
+  case n: micro_kernel<n, kFlip, NV>(a, row_stride, 4, wp, kg, c, ldc, b, first, cols, nseg, seg_stride, pf, pfn); break;
+    PYSLIM_CASE(1) PYSLIM_CASE(2) PYSLIM_CASE(3) PYSLIM_CASE(4) PYSLIM_CASE(5)
+    default: micro_kernel<6, kFlip, NV>(a, row_stride, 4, wp, kg, c, ldc, b, first, cols, nseg, seg_stride, pf, pfn);
+#undef PYSLIM_CASE
+  }
+}
+
 template <bool kFlip>
 void tile(int64_t rows, const uint8_t* a, int64_t row_stride, const int8_t* wp, int64_t kg, int32_t* c, int64_t ldc,
-          const int32_t* b, bool first, int64_t cols, const int8_t* pf, int64_t pfn) {
-  switch (rows) {
-    case 1: micro_kernel<1, kFlip>(a, row_stride, 4, wp, kg, c, ldc, b, first, cols, 1, 0, pf, pfn); break;
-    case 2: micro_kernel<2, kFlip>(a, row_stride, 4, wp, kg, c, ldc, b, first, cols, 1, 0, pf, pfn); break;
-    case 3: micro_kernel<3, kFlip>(a, row_stride, 4, wp, kg, c, ldc, b, first, cols, 1, 0, pf, pfn); break;
-    case 4: micro_kernel<4, kFlip>(a, row_stride, 4, wp, kg, c, ldc, b, first, cols, 1, 0, pf, pfn); break;
-    case 5: micro_kernel<5, kFlip>(a, row_stride, 4, wp, kg, c, ldc, b, first, cols, 1, 0, pf, pfn); break;
-    default: micro_kernel<6, kFlip>(a, row_stride, 4, wp, kg, c, ldc, b, first, cols, 1, 0, pf, pfn); break;
+          const int32_t* b, bool first, int64_t cols, const int8_t* pf, int64_t pfn, int64_t nseg = 1,
+          int64_t seg_stride = 0) {
+  switch ((cols + 15) / 16) {
+    case 1: tile_nv<kFlip, 1>(rows, a, row_stride, wp, kg, c, ldc, b, first, cols, nseg, seg_stride, pf, pfn); break;
+    case 2: tile_nv<kFlip, 2>(rows, a, row_stride, wp, kg, c, ldc, b, first, cols, nseg, seg_stride, pf, pfn); break;
+    case 3: tile_nv<kFlip, 3>(rows, a, row_stride, wp, kg, c, ldc, b, first, cols, nseg, seg_stride, pf, pfn); break;
+    default: tile_nv<kFlip, 4>(rows, a, row_stride, wp, kg, c, ldc, b, first, cols, nseg, seg_stride, pf, pfn); break;
   }
 }
 
@@ -352,14 +366,7 @@ void conv_implicit(const uint8_t* X, int64_t pixel_stride, int64_t segment_strid
             const int64_t rows = tile_rows(min64(run - i, m1 - m));
             int32_t* c = C + m * ldc + n0;
             const uint8_t* at = X + j * run_stride + i * pixel_stride + s0 * segment_stride + c0 * 4;
-            switch (rows) {
-              case 1: micro_kernel<1, kSigned>(at, pixel_stride, 4, wp, kg, c, ldc, b, first, cols, ns, segment_stride); break;
-              case 2: micro_kernel<2, kSigned>(at, pixel_stride, 4, wp, kg, c, ldc, b, first, cols, ns, segment_stride); break;
-              case 3: micro_kernel<3, kSigned>(at, pixel_stride, 4, wp, kg, c, ldc, b, first, cols, ns, segment_stride); break;
-              case 4: micro_kernel<4, kSigned>(at, pixel_stride, 4, wp, kg, c, ldc, b, first, cols, ns, segment_stride); break;
-              case 5: micro_kernel<5, kSigned>(at, pixel_stride, 4, wp, kg, c, ldc, b, first, cols, ns, segment_stride); break;
-              default: micro_kernel<6, kSigned>(at, pixel_stride, 4, wp, kg, c, ldc, b, first, cols, ns, segment_stride); break;
-            }
+            tile<kSigned>(rows, at, pixel_stride, wp, kg, c, ldc, b, first, cols, nullptr, 0, ns, segment_stride);
             m += rows;
           }
         }
