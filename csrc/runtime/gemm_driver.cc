@@ -268,10 +268,11 @@ const int8_t* quantize_activations(const KernelTable& k, const float* x, int64_t
 
 namespace {
 
-// Stride-1, one-group convolution without im2col (k.conv_implicit_s32). The input is copied into a
-// zero-point-padded image of Hp x Wp pixels (Wp = W + 2 * pad_w), band by band; output pixel (oh, ow) is then row ow of run oh of a GEMM whose A row starts at pixel
-// oh * Wp + ow of the padded image and whose K runs over the KH kernel rows, each KW * C contiguous bytes,
-// dilation_h * Wp pixels apart. Against an im2col copy of KH * KW times the input, nothing is copied.
+// One-group convolution without im2col (k.conv_implicit_s32), any stride. The input is copied into a
+// zero-point-padded image of Hp x Wp pixels (Wp = W + 2 * pad_w), band by band; output pixel (oh, ow) is then
+// row ow of run oh of a GEMM whose A row starts at pixel oh * sh * Wp + ow * sw of the padded image and whose K
+// runs over the KH kernel rows, each KW * C contiguous bytes, dilation_h * Wp pixels apart. Against an im2col
+// copy of KH * KW / (sh * sw) times the input, nothing is copied.
 // 1x1, stride 1, no padding, one group: a plain GEMM over the pixels (see conv2d_nhwc).
 bool pointwise(const ConvShape& s) {
   return s.groups == 1 && s.kernel_h == 1 && s.kernel_w == 1 && s.stride_h == 1 && s.stride_w == 1 && s.pad_h == 0 &&
@@ -280,8 +281,8 @@ bool pointwise(const ConvShape& s) {
 
 // True when conv2d_implicit applies (see conv2d_nhwc).
 bool implicit_ok(const KernelTable& k, const ConvShape& s) {
-  return k.conv_implicit_s32 != nullptr && s.groups == 1 && s.stride_h == 1 && s.stride_w == 1 &&
-         s.dilation_w == 1 && (s.kernel_w * s.in_c) % 4 == 0 && s.kernel_h * s.kernel_w > 1;
+  return k.conv_implicit_s32 != nullptr && s.groups == 1 && s.dilation_w == 1 && (s.kernel_w * s.in_c) % 4 == 0 &&
+         !pointwise(s);
 }
 
 // Padded rows [hp0, hp1) of image b (padded coordinates: row hp is input row hp - pad_h) into dst, rows of
@@ -344,8 +345,8 @@ void conv2d_implicit(const KernelTable& k, const uint8_t* x, const float* x_floa
     const int64_t b = task / bands, band = task % bands;
     const int64_t oh0 = s.out_h * band / bands, oh1 = s.out_h * (band + 1) / bands;
     if (oh1 <= oh0) return;
-    // Output row oh reads padded rows oh .. oh + halo (stride 1).
-    const int64_t hp0 = oh0, hp1 = oh1 + halo;
+    // Output row oh reads padded rows oh * sh .. oh * sh + halo.
+    const int64_t hp0 = oh0 * s.stride_h, hp1 = (oh1 - 1) * s.stride_h + halo + 1;
     auto* xp = thread_scratch_as<uint8_t>(ScratchSlot::kPadded, static_cast<size_t>((hp1 - hp0) * prow_bytes));
     build_padded_rows(k, x, x_float, x_scale, pad_value, s, b, hp0, hp1, xp);
     // Blocks of whole output rows, about kPixelBlock pixels each; every output row is one run of the kernel's
@@ -357,8 +358,9 @@ void conv2d_implicit(const KernelTable& k, const uint8_t* x, const float* x_floa
     for (int64_t r0 = 0; r0 < band_rows; r0 += block) {
       const int64_t rows = std::min(block, band_rows - r0) * s.out_w;
       AccBlock acc(rows, 0, N);
-      k.conv_implicit_s32(xp + r0 * prow_bytes, x_signed, C, s.dilation_h * prow_bytes, s.kernel_h, s.kernel_w * C,
-                          s.out_w, prow_bytes, packed, rows, N, 0, N, acc.base, acc.ld);
+      k.conv_implicit_s32(xp + r0 * s.stride_h * prow_bytes, x_signed, s.stride_w * C, s.dilation_h * prow_bytes,
+                          s.kernel_h, s.kernel_w * C, s.out_w, s.stride_h * prow_bytes, packed, rows, N, 0, N,
+                          acc.base, acc.ld);
       k.gemm_epilogue(acc.base, acc.ld, rows, b * out_image + (oh0 + r0) * s.out_w, 0, N, ek, out, N);
     }
   });

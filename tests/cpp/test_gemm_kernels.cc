@@ -325,12 +325,13 @@ TEST(GemmKernels, ImplicitConvolutionMatchesGatheredGemm) {
   }
 }
 
-// Grouped convolutions through the driver (conv2d_nhwc, int32 output) on every path against the reference
-// table's: the bundled grouped kernel where a path has one (16 / cout_g groups a vector, cin_g of 4 to 32,
-// the in-place reorder, strides, dilation, padding, channel counts that are not a multiple of 64, one and
-// two threads), and shapes it declines (cout_g 64, cin_g 6, groups not a multiple of the bundle), which take
-// im2col. Extreme inputs (all -128 / 255 against all -128 weights) included.
-TEST(GemmKernels, GroupedConvolutionMatchesReference) {
+// Grouped and strided convolutions through the driver (conv2d_nhwc, int32 output) on every path against the
+// reference table's: the bundled grouped kernel where a path has one (16 / cout_g groups a vector, cin_g of 4
+// to 32, the in-place reorder, strides, dilation, padding, channel counts that are not a multiple of 64, one
+// and two threads), shapes it declines (cout_g 64, cin_g 6, groups not a multiple of the bundle), which take
+// im2col, and strided one-group convolutions (implicit GEMM where KW * C % 4 == 0). Extreme inputs (all -128 /
+// 255 against all -128 or 127 weights) included.
+TEST(GemmKernels, ConvolutionDriverMatchesReference) {
   struct Case {
     int64_t batch, h, w, cin, cout, kh, kw, sh, sw, ph, pw, dh, dw, groups;
   };
@@ -346,6 +347,12 @@ TEST(GemmKernels, GroupedConvolutionMatchesReference) {
       {1, 6, 7, 128, 128, 3, 3, 1, 1, 1, 1, 1, 1, 2},    // cout_g 64: declined
       {1, 6, 7, 18, 24, 3, 3, 1, 1, 1, 1, 1, 1, 3},      // cin_g 6: declined
       {1, 6, 7, 24, 24, 3, 3, 1, 1, 1, 1, 1, 1, 3},      // 3 groups of 8 outputs (bundles of 2): declined
+      // One group, strided: the implicit-GEMM path where a path has one (KW * C % 4 == 0), im2col otherwise.
+      {2, 17, 19, 16, 40, 3, 3, 2, 2, 1, 1, 1, 1, 1},
+      {1, 15, 14, 32, 24, 1, 1, 2, 2, 0, 0, 1, 1, 1},
+      {1, 19, 23, 8, 70, 3, 5, 2, 3, 1, 2, 2, 1, 1},
+      {1, 23, 22, 4, 8, 7, 7, 2, 2, 3, 3, 1, 1, 1},
+      {1, 23, 22, 3, 8, 7, 7, 2, 2, 3, 3, 1, 1, 1},     // 3 channels: im2col
   };
   for (Isa isa : usable_isas()) {
     const KernelTable& t = *kernel_table(isa);

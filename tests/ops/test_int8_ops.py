@@ -173,6 +173,11 @@ LARGE_CONVS = [
     (4, 8, (2, 2), (1, 1), (0, 0), (1, 1), 1, 7, 6),
     (12, 130, (1, 3), (1, 1), (0, 1), (1, 1), 1, 5, 9),
     (256, 40, (3, 3), (1, 1), (1, 1), (1, 1), 1, 9, 8),
+    # ... and with strides: the A rows of an output row are sw pixels apart, output rows sh padded rows apart.
+    (16, 40, (3, 3), (2, 2), (1, 1), (1, 1), 1, 17, 19),
+    (32, 24, (1, 1), (2, 2), (0, 0), (1, 1), 1, 15, 14),     # 1x1 stride 2 (ResNet's downsampling shortcut)
+    (8, 70, (3, 5), (2, 3), (1, 2), (2, 1), 1, 19, 23),      # strides 2 and 3, dilated rows
+    (4, 8, (7, 7), (2, 2), (3, 3), (1, 1), 1, 23, 22),       # 7x7 stride 2, 4 channels
     # Groups of a few channels take the bundled grouped kernel where a path has one (avx512vnni): 16 / cout_g
     # groups per vector (a group of 32 in two), cin_g of 4 to 32 (the reorder in place when both exceed one), strides, dilation,
     # a channel count that is not a multiple of 64, and rows of 12-pixel tiles and shared remainders.

@@ -194,9 +194,9 @@ struct KernelTable {
   // The same product as gemm_s32, with K = segments * seg_len and row m of A gathered from `segments` runs of
   // bytes; the rows come in runs of `run` rows, run j starting run_stride bytes after run j - 1:
   //   A[m][s * seg_len + t] = X[(m / run) * run_stride + (m % run) * pixel_stride + s * segment_stride + t]
-  // (bytes; t < seg_len; run >= 1, and a run >= M makes it one run). For a stride-1 convolution with
+  // (bytes; t < seg_len; run >= 1, and a run >= M makes it one run). For a convolution with strides (sh, sw),
   // dilation_w 1 and one group over a padded NHWC image, m indexes the output pixels, a run is one output row
-  // (run = OW, pixel_stride = C, run_stride = padded width * C), segment s is kernel row s (seg_len = KW * C
+  // (run = OW, pixel_stride = sw * C, run_stride = sh * padded width * C), segment s is kernel row s (seg_len = KW * C
   // bytes, segment_stride = dilation_h * padded width * C), and W is the flattened (kh, kw, c) weight packed by
   // gemm_pack with K = KH * KW * C — so no im2col copy is made, and no product is computed for the padding
   // columns. seg_len % 4 == 0. C row m is output row m (compact).

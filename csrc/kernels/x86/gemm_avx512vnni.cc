@@ -224,8 +224,10 @@ void tile_nv(int64_t rows, const uint8_t* a, int64_t row_stride, const int8_t* w
              int64_t ldc, const int32_t* b, bool first, int64_t cols, int64_t nseg, int64_t seg_stride,
              const int8_t* pf, int64_t pfn) {
   switch (rows) {
-#define PYSLIM_CASE(n) \
-  case n: micro_kernel<n, kFlip, NV>(a, row_stride, 4, wp, kg, c, ldc, b, first, cols, nseg, seg_stride, pf, pfn); break;
+#define PYSLIM_CASE(n)                                                                                 \
+  case n:                                                                                              \
+    micro_kernel<n, kFlip, NV>(a, row_stride, 4, wp, kg, c, ldc, b, first, cols, nseg, seg_stride, pf, pfn); \
+    break;
     PYSLIM_CASE(1) PYSLIM_CASE(2) PYSLIM_CASE(3) PYSLIM_CASE(4) PYSLIM_CASE(5)
     default: micro_kernel<6, kFlip, NV>(a, row_stride, 4, wp, kg, c, ldc, b, first, cols, nseg, seg_stride, pf, pfn);
 #undef PYSLIM_CASE
@@ -558,11 +560,10 @@ void conv_grouped_s32(const GroupedConvBand& b) {
       _mm512_store_si512(init, b.x_signed ? _mm512_loadu_si512(g0) : _mm512_setzero_si512());
       _mm512_store_si512(init + 16, b.x_signed ? _mm512_loadu_si512(g0 + 64) : _mm512_setzero_si512());
     } else {
-      for (int64_t t = 0; t < steps; ++t)
-        _mm512_store_si512(wv + t * 16,
-                           _mm512_mask_i32gather_epi32(_mm512_setzero_si512(), 0xffff,
-                                                       _mm512_add_epi32(gi, _mm512_set1_epi32(static_cast<int>(t * kNR))),
-                                                       g0, 4));
+      for (int64_t t = 0; t < steps; ++t) {
+        const __m512i idx = _mm512_add_epi32(gi, _mm512_set1_epi32(static_cast<int>(t * kNR)));
+        _mm512_store_si512(wv + t * 16, _mm512_mask_i32gather_epi32(_mm512_setzero_si512(), 0xffff, idx, g0, 4));
+      }
       const __m512i bias = _mm512_mask_i32gather_epi32(_mm512_setzero_si512(), 0xffff,
                                                        _mm512_sub_epi32(gi, _mm512_set1_epi32(static_cast<int>(kNR))),
                                                        g0, 4);
