@@ -368,17 +368,23 @@ void conv2d_run(const TensorArg& x, const void* xq, bool x_signed, const float* 
   if (!packed_cap) throw py::value_error("packed weights are required for a non-depthwise convolution");
   const TensorArg packed = tensor_arg(*packed_cap, "packed");
   const PackedHeader h = read_packed(packed);
-  if (h.groups != groups || h.n_per_group * groups != out_c || h.k != kernel_h * kernel_w * (s.in_c / groups))
+  // k is kernel_h * kernel_w * in_c / groups, or, for one group of 1-3 input channels and a kernel larger than
+  // 1x1, kernel_h * kernel_w * 4: the channels zero-padded to 4 (ConvShape::weight_c; Int8Conv2d packs stems so).
+  const bool channel_padded = groups == 1 && s.in_c < 4 && kernel_h * kernel_w > 1 && h.k == kernel_h * kernel_w * 4;
+  if (h.groups != groups || h.n_per_group * groups != out_c ||
+      (h.k != kernel_h * kernel_w * (s.in_c / groups) && !channel_padded))
     throw py::value_error("packed weights (groups=" + std::to_string(h.groups) + ", n=" +
                           std::to_string(h.n_per_group * h.groups) + ", k=" + std::to_string(h.k) +
                           ") do not match this convolution");
+  ConvShape sw = s;
+  if (channel_padded) sw.weight_c = 4;
   py::gil_scoped_release release;
   if (quantize_from) {
     conv2d_nhwc_float(t, quantize_from, static_cast<float>(x_scale), static_cast<int32_t>(x_zero_point),
-                      packed_data(packed), h.group_stride, s, e, out.data(), nt);
+                      packed_data(packed), h.group_stride, sw, e, out.data(), nt);
     return;
   }
-  conv2d_nhwc(t, xq, x_signed, static_cast<int32_t>(x_zero_point), packed_data(packed), h.group_stride, s, e,
+  conv2d_nhwc(t, xq, x_signed, static_cast<int32_t>(x_zero_point), packed_data(packed), h.group_stride, sw, e,
               out.data(), nt);
 }
 

@@ -276,24 +276,33 @@ namespace {
 // 1x1, stride 1, no padding, one group: a plain GEMM over the pixels (see conv2d_nhwc).
 bool pointwise(const ConvShape& s) {
   return s.groups == 1 && s.kernel_h == 1 && s.kernel_w == 1 && s.stride_h == 1 && s.stride_w == 1 && s.pad_h == 0 &&
-         s.pad_w == 0;
+         s.pad_w == 0 && weight_channels(s) == s.in_c;
 }
 
 // True when conv2d_implicit applies (see conv2d_nhwc).
 bool implicit_ok(const KernelTable& k, const ConvShape& s) {
-  return k.conv_implicit_s32 != nullptr && s.groups == 1 && s.dilation_w == 1 && (s.kernel_w * s.in_c) % 4 == 0 &&
-         !pointwise(s);
+  return k.conv_implicit_s32 != nullptr && s.groups == 1 && s.dilation_w == 1 &&
+         (s.kernel_w * weight_channels(s)) % 4 == 0 && !pointwise(s);
 }
 
+// Bytes a pixel of the padded image has: in_c, or the zero-padded channel count (ConvShape::weight_c).
+inline int64_t pixel_bytes(const ConvShape& s) { return s.weight_c > 0 ? s.weight_c * s.groups : s.in_c; }
+
 // Padded rows [hp0, hp1) of image b (padded coordinates: row hp is input row hp - pad_h) into dst, rows of
-// (in_w + 2 pad_w) * in_c bytes, the zero point (pad_value) around and outside the input. x is int8 / uint8
-// (x_float null), or x_float is float32, quantized row by row here with x_scale and pad_value as the zero
-// point (the quantize op's int8: one pass instead of two).
+// (in_w + 2 pad_w) pixels of weight_channels(s) bytes, the zero point (pad_value) around and outside the input.
+// x is int8 / uint8 (x_float null), or x_float is float32, quantized row by row here with x_scale and pad_value
+// as the zero point (the quantize op's int8: one pass instead of two). Pixels padded to more channels than x
+// has (ConvShape::weight_c) get the zero point in their extra bytes.
 void build_padded_rows(const KernelTable& k, const uint8_t* x, const float* x_float, float x_scale,
                        int32_t pad_value, const ConvShape& s, int64_t b, int64_t hp0, int64_t hp1, uint8_t* dst) {
   const auto pad_byte = static_cast<uint8_t>(pad_value & 0xff);
-  const int64_t C = s.in_c, row_bytes = s.in_w * C, prow_bytes = (s.in_w + 2 * s.pad_w) * C;
-  const auto side = static_cast<size_t>(s.pad_w * C);
+  const int64_t C = s.in_c, wc = pixel_bytes(s), row_bytes = s.in_w * C;
+  const int64_t prow_bytes = (s.in_w + 2 * s.pad_w) * wc;
+  const auto side = static_cast<size_t>(s.pad_w * wc);
+  // Channel-padded pixels (C < 4, wc == 4): the row is quantized / copied into a scratch row first, then
+  // spread a pixel at a time as one 32-bit word (C bytes of x, the zero point in the rest).
+  uint8_t* tmp = wc != C ? thread_scratch_as<uint8_t>(ScratchSlot::kRow, static_cast<size_t>(row_bytes + 4)) : nullptr;
+  const uint32_t keep = wc != C ? (1u << (8 * C)) - 1u : 0u, fill = pad_byte * 0x01010101u;
   for (int64_t hp = hp0; hp < hp1; ++hp, dst += prow_bytes) {
     const int64_t ih = hp - s.pad_h;
     if (ih < 0 || ih >= s.in_h) {
@@ -301,13 +310,22 @@ void build_padded_rows(const KernelTable& k, const uint8_t* x, const float* x_fl
       continue;
     }
     std::memset(dst, pad_byte, side);
+    uint8_t* row = tmp ? tmp : dst + side;
     if (x_float != nullptr) {
-      k.quantize_int8(x_float + (b * s.in_h + ih) * row_bytes, reinterpret_cast<int8_t*>(dst + side), row_bytes,
-                      &x_scale, &pad_value, 0, -128, 127, RoundMode::kHalfToEven);
+      k.quantize_int8(x_float + (b * s.in_h + ih) * row_bytes, reinterpret_cast<int8_t*>(row), row_bytes, &x_scale,
+                      &pad_value, 0, -128, 127, RoundMode::kHalfToEven);
     } else {
-      std::memcpy(dst + side, x + (b * s.in_h + ih) * row_bytes, static_cast<size_t>(row_bytes));
+      std::memcpy(row, x + (b * s.in_h + ih) * row_bytes, static_cast<size_t>(row_bytes));
     }
-    std::memset(dst + side + row_bytes, pad_byte, side);
+    if (tmp) {
+      for (int64_t w = 0; w < s.in_w; ++w) {
+        uint32_t v;
+        std::memcpy(&v, tmp + w * C, 4);  // C bytes of pixel w (the scratch row has 4 bytes of slack)
+        v = (v & keep) | (fill & ~keep);
+        std::memcpy(dst + side + w * 4, &v, 4);
+      }
+    }
+    std::memset(dst + side + s.in_w * wc, pad_byte, side);
   }
 }
 
@@ -316,7 +334,7 @@ void build_padded_rows(const KernelTable& k, const uint8_t* x, const float* x_fl
 // on it — takes fewer), but bands of at least four output rows; then a task count that is a multiple of the
 // thread count where rows allow.
 int64_t band_count(const ConvShape& s, int threads) {
-  const int64_t Hp = s.in_h + 2 * s.pad_h, prow_bytes = (s.in_w + 2 * s.pad_w) * s.in_c;
+  const int64_t Hp = s.in_h + 2 * s.pad_h, prow_bytes = (s.in_w + 2 * s.pad_w) * pixel_bytes(s);
   int64_t bands = std::max<int64_t>(1, ceil_div(Hp * prow_bytes, kBandBytes));
   if (threads > 1) bands = std::max(bands, ceil_div(4 * threads, s.batch));
   bands = std::min(bands, std::max<int64_t>(1, s.out_h / 4));
@@ -334,7 +352,7 @@ int64_t band_count(const ConvShape& s, int threads) {
 void conv2d_implicit(const KernelTable& k, const uint8_t* x, const float* x_float, float x_scale, bool x_signed,
                      int32_t pad_value, const void* packed, const ConvShape& s, const GemmEpilogue& e, void* out,
                      int threads) {
-  const int64_t C = s.in_c, N = s.out_c;
+  const int64_t C = pixel_bytes(s), N = s.out_c;
   const int64_t Wp = s.in_w + 2 * s.pad_w;
   const int64_t prow_bytes = Wp * C, halo = s.dilation_h * (s.kernel_h - 1);
   const int64_t bands = band_count(s, threads);
@@ -433,7 +451,8 @@ void conv2d_nhwc(const KernelTable& k, const void* x, bool x_signed, int32_t pad
                  int64_t group_stride, const ConvShape& s, const GemmEpilogue& e, void* out, int threads) {
   const int64_t groups = s.groups;
   const int64_t cin_g = s.in_c / groups, cout_g = s.out_c / groups;
-  const int64_t kg = s.kernel_h * s.kernel_w * cin_g;
+  const int64_t wc = weight_channels(s);  // bytes per tap in an im2col row (cin_g, or cin_g zero-padded)
+  const int64_t kg = s.kernel_h * s.kernel_w * wc;
   const int64_t pixels = s.batch * s.out_h * s.out_w;
   const size_t out_elem = output_element_size(e);
   const auto* xb = static_cast<const uint8_t*>(x);
@@ -463,7 +482,7 @@ void conv2d_nhwc(const KernelTable& k, const void* x, bool x_signed, int32_t pad
   pixel_blocks = ceil_div(pixels, pixel_block);
   // The kernel_w taps of one kernel row are one contiguous run of the NHWC input when they are adjacent
   // pixels (dilation 1) and every channel is used (one group): one copy instead of kernel_w.
-  const bool row_runs = groups == 1 && s.dilation_w == 1;
+  const bool row_runs = groups == 1 && s.dilation_w == 1 && wc == cin_g;
   parallel_for(pixel_blocks * groups, threads, [&](int64_t task) {
     const int64_t g = task % groups;
     const int64_t p0 = (task / groups) * pixel_block;
@@ -491,12 +510,13 @@ void conv2d_nhwc(const KernelTable& k, const void* x, bool x_signed, int32_t pad
           dst += s.kernel_w * cin_g;
           continue;
         }
-        for (int64_t j = 0; j < s.kernel_w; ++j, dst += cin_g) {
+        for (int64_t j = 0; j < s.kernel_w; ++j, dst += wc) {
           const int64_t iw = iw0 + j * s.dilation_w;
           if (row_in && iw >= 0 && iw < s.in_w) {
             copy_run(dst, xb + ((b * s.in_h + ih) * s.in_w + iw) * s.in_c + g * cin_g, cin_g);
+            if (wc != cin_g) std::memset(dst + cin_g, pad_byte, static_cast<size_t>(wc - cin_g));
           } else {
-            std::memset(dst, pad_byte, static_cast<size_t>(cin_g));
+            std::memset(dst, pad_byte, static_cast<size_t>(wc));
           }
         }
       }

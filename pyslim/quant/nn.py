@@ -282,9 +282,14 @@ class Int8Conv2d(_Int8Base):
                    conv.groups, q, scale, conv.bias, activation, fused_activation)
 
     def _pack_source(self):
-        # (Cout, Cin/g, KH, KW) -> (Cout, KH*KW*Cin/g): the im2col row order is (kh, kw, c).
-        w = self.weight_int8.permute(0, 2, 3, 1).reshape(self.out_channels, -1).contiguous()
-        return w, self.groups
+        # (Cout, Cin/g, KH, KW) -> (Cout, KH*KW*Cin/g): the im2col row order is (kh, kw, c). An image stem (one
+        # group of 1-3 input channels, a kernel above 1x1) is packed with its channels zero-padded to 4, so that a
+        # kernel row is a whole number of 4-byte groups and the implicit-GEMM path takes it (the native op
+        # accepts either packing; the zero weights meet the zero-point bytes it pads the pixels with).
+        w = self.weight_int8.permute(0, 2, 3, 1)
+        if self.groups == 1 and self.in_channels < 4 and self.kernel_size[0] * self.kernel_size[1] > 1:
+            w = torch.nn.functional.pad(w, (0, 4 - self.in_channels))
+        return w.reshape(self.out_channels, -1).contiguous(), self.groups
 
     def _ensure_packed(self) -> None:
         if self.depthwise:

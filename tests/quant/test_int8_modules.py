@@ -53,6 +53,25 @@ def test_int8_conv_close_to_float(isa, index):
     assert torch.equal(q(xcl), y)
 
 
+@pytest.mark.parametrize("cin,kernel,stride,padding", [(3, 3, 2, 1), (3, 7, 2, 3), (1, 3, 1, 1), (2, (3, 5), 1, 2)])
+@pytest.mark.parametrize("x_zp", [0, -9])
+def test_int8_stem_with_padded_channels_matches_exact_reference(isa, threads, cin, kernel, stride, padding, x_zp):
+    # 1-3 input channels: the module packs its weight with the channels zero-padded to 4 (the implicit-GEMM path
+    # takes it); the result must be the exact reference's, i.e. the padding contributes nothing.
+    torch.manual_seed(3)
+    conv = nn.Conv2d(cin, 24, kernel, stride=stride, padding=padding).eval()
+    x = torch.randn(2, cin, 23, 21)
+    scale = float(x.abs().max()) / 127
+    q = qnn.Int8Conv2d.from_float(conv, activation=(scale, x_zp))
+    q._ensure_packed()
+    from pyslim import _C, _native
+    assert _C.packed_info(_native.capsule(q._packed))["k"] == q.kernel_size[0] * q.kernel_size[1] * 4
+    xq = pyslim.ops.quantize(x.permute(0, 2, 3, 1).contiguous(), scale, x_zp, dtype=torch.int8)
+    ref = R.conv2d_int8(xq, scale, x_zp, q.weight_int8, q.weight_scale, q.bias, q.stride, q.padding, q.dilation, 1)
+    y = q(x)
+    assert torch.allclose(y.permute(0, 2, 3, 1), ref, rtol=1e-6, atol=1e-5)
+
+
 def test_state_dict_round_trip_is_bit_exact():
     torch.manual_seed(1)
     for make, x in ((lambda: qnn.Int8Linear.from_float(nn.Linear(32, 16), activation=(0.04, -5)), torch.randn(5, 32)),

@@ -39,10 +39,18 @@ struct ConvShape {
   int64_t batch, in_h, in_w, in_c;
   int64_t out_c, kernel_h, kernel_w, out_h, out_w;
   int64_t stride_h, stride_w, pad_h, pad_w, dilation_h, dilation_w, groups;
+  // Channels a pixel has in the packed weight's (kh, kw, c) rows: 0 means in_c / groups. A one-group
+  // convolution of 1-3 input channels (an image stem) may be packed with its channels zero-padded to 4
+  // (kernel_h * kernel_w > 1): each kernel row of the padded image is then a whole number of 4-byte groups,
+  // which the implicit-GEMM path needs; the drivers pad x's pixels to match (the extra bytes meet zero weights).
+  int64_t weight_c = 0;
 };
 
+// weight_c, resolved (see ConvShape).
+inline int64_t weight_channels(const ConvShape& s) { return s.weight_c > 0 ? s.weight_c : s.in_c / s.groups; }
+
 // x: batch x in_h x in_w x in_c (int8 or uint8); padded positions read as pad_value (the activation zero
-// point). Weights: groups blocks, each (out_c/groups) x (kernel_h*kernel_w*in_c/groups) packed by
+// point). Weights: groups blocks, each (out_c/groups) x (kernel_h*kernel_w*weight_channels(s)) packed by
 // k.gemm_pack, block g at packed + g * group_stride bytes (the im2col row order is (kh, kw, c)).
 // out: batch x out_h x out_w x out_c, typed by e.kind; e.col_sums / weight_scale / bias have out_c entries.
 void conv2d_nhwc(const KernelTable& k, const void* x, bool x_signed, int32_t pad_value, const void* packed,

@@ -11,7 +11,7 @@
 
 namespace pyslim {
 
-enum class ScratchSlot : int { kAccumulator = 0, kIm2col = 1, kQuantized = 2, kPadded = 3, kCount = 4 };
+enum class ScratchSlot : int { kAccumulator = 0, kIm2col = 1, kQuantized = 2, kPadded = 3, kRow = 4, kCount = 5 };
 
 // A 64-byte aligned buffer of at least `bytes` bytes, owned by the calling thread and valid until that
 // thread asks for the same slot again. Contents are unspecified.
