@@ -169,6 +169,22 @@ CONV_CASES = {
     "dw3x3 144 (1,144,56,56)": dict(batch=1, cin=144, cout=144, k=3, groups=144, hw=56),
     "conv1x1 64->256 (1,64,56,56)": dict(batch=1, cin=64, cout=256, k=1, groups=1, hw=56),
 }
+# Layer shapes of the CNNs people ship (`pyslim bench --suite cnn`): ResNet-50's and MobileNet / EfficientNet's
+# stems, ResNet-50's 3x3 layers of every stage and its strided ones, ResNeXt-50 (32x4d) grouped layers, and
+# strided / 5x5 depthwise layers; batch 1.
+CNN_CASES = {
+    "stem 7x7/2 3->64 (1,3,224,224)": dict(batch=1, cin=3, cout=64, k=7, groups=1, hw=224, stride=2),
+    "stem 3x3/2 3->32 (1,3,224,224)": dict(batch=1, cin=3, cout=32, k=3, groups=1, hw=224, stride=2),
+    "3x3 128 (1,128,28,28)": dict(batch=1, cin=128, cout=128, k=3, groups=1, hw=28),
+    "3x3 256 (1,256,14,14)": dict(batch=1, cin=256, cout=256, k=3, groups=1, hw=14),
+    "3x3 512 (1,512,7,7)": dict(batch=1, cin=512, cout=512, k=3, groups=1, hw=7),
+    "3x3/2 128 (1,128,56,56)": dict(batch=1, cin=128, cout=128, k=3, groups=1, hw=56, stride=2),
+    "1x1/2 256->512 (1,256,56,56)": dict(batch=1, cin=256, cout=512, k=1, groups=1, hw=56, stride=2),
+    "3x3 g32 256 (1,256,28,28)": dict(batch=1, cin=256, cout=256, k=3, groups=32, hw=28),
+    "3x3 g32 1024 (1,1024,7,7)": dict(batch=1, cin=1024, cout=1024, k=3, groups=32, hw=7),
+    "dw3x3/2 96 (1,96,112,112)": dict(batch=1, cin=96, cout=96, k=3, groups=96, hw=112, stride=2),
+    "dw5x5 240 (1,240,14,14)": dict(batch=1, cin=240, cout=240, k=5, groups=240, hw=14),
+}
 TORCH_AO_ENGINES = ("fbgemm", "x86", "onednn")
 
 
@@ -260,29 +276,60 @@ def run_int8_benchmarks(threads_list: List[int], repeats: int) -> List[dict]:
                                           t_ours, t, ops_count))
                 rows.append(_int8_row(threads, f"linear M={m} N={n} K={k}", "gemm_int8 int32", "torch._int_mm",
                                       t_raw, t_int_mm, ops_count))
-            for name, c in CONV_CASES.items():
-                conv = torch.nn.Conv2d(c["cin"], c["cout"], c["k"], padding=c["k"] // 2, groups=c["groups"]).eval()
-                x = torch.randn(c["batch"], c["cin"], c["hw"], c["hw"]).contiguous(memory_format=torch.channels_last)
-                conv_cl = conv.to(memory_format=torch.channels_last)
-                ops_count = 2 * c["batch"] * c["hw"] * c["hw"] * c["cout"] * (c["cin"] // c["groups"]) * c["k"] ** 2
-                x_scale, x_zp = float(x.abs().max()) / 127, 128
-                ours = qnn.Int8Conv2d.from_float(conv, activation=(x_scale, 0))
-                fns = {"ours": lambda: ours(x), "fp32 F.conv2d channels_last": lambda: conv_cl(x)}
-                for eng in TORCH_AO_ENGINES:
-                    try:
-                        run = _torch_ao_conv(conv, eng, x_scale, x_zp)
-                        run(x)
-                        fns[f"torch.ao quantized Conv2d [{eng}]"] = (lambda run, eng: lambda: _on_engine(eng, run, x))(
-                            run, eng)
-                    except Exception as exc:
-                        logger.info("torch.ao engine %s failed: %s", eng, exc)
-                med = _interleaved_medians(fns, repeats)
-                t_ours = med.pop("ours")
-                base = {name: med.get(name, float("nan")) for name in
-                        ["fp32 F.conv2d channels_last"] + [f"torch.ao quantized Conv2d [{eng}]"
-                                                           for eng in TORCH_AO_ENGINES]}
-                for bname, t in base.items():
-                    rows.append(_int8_row(threads, name, "Int8Conv2d (static act.)", bname, t_ours, t, ops_count))
+            rows += _conv_rows(CONV_CASES, threads, repeats)
+    finally:
+        torch.set_num_threads(saved_threads)
+        torch.backends.quantized.engine = saved_engine
+    return rows
+
+
+def _conv_rows(cases: Dict[str, dict], threads: int, repeats: int) -> List[dict]:
+    """Int8Conv2d (static activation scale, float in and out) against fp32 torch in channels_last and torch.ao's
+    quantized Conv2d on each engine (quantize and dequantize included), at the current thread count."""
+    from pyslim.quant import nn as qnn
+
+    rows = []
+    for name, c in cases.items():
+        stride = c.get("stride", 1)
+        conv = torch.nn.Conv2d(c["cin"], c["cout"], c["k"], stride=stride, padding=c["k"] // 2,
+                               groups=c["groups"]).eval()
+        x = torch.randn(c["batch"], c["cin"], c["hw"], c["hw"]).contiguous(memory_format=torch.channels_last)
+        conv_cl = conv.to(memory_format=torch.channels_last)
+        out_hw = (c["hw"] + 2 * (c["k"] // 2) - c["k"]) // stride + 1
+        ops_count = 2 * c["batch"] * out_hw * out_hw * c["cout"] * (c["cin"] // c["groups"]) * c["k"] ** 2
+        x_scale, x_zp = float(x.abs().max()) / 127, 128
+        ours = qnn.Int8Conv2d.from_float(conv, activation=(x_scale, 0))
+        fns = {"ours": lambda: ours(x), "fp32 F.conv2d channels_last": lambda: conv_cl(x)}
+        for eng in TORCH_AO_ENGINES:
+            try:
+                run = _torch_ao_conv(conv, eng, x_scale, x_zp)
+                run(x)
+                fns[f"torch.ao quantized Conv2d [{eng}]"] = (lambda run, eng: lambda: _on_engine(eng, run, x))(
+                    run, eng)
+            except Exception as exc:
+                logger.info("torch.ao engine %s failed: %s", eng, exc)
+        med = _interleaved_medians(fns, repeats)
+        t_ours = med.pop("ours")
+        base = {name: med.get(name, float("nan")) for name in
+                ["fp32 F.conv2d channels_last"] + [f"torch.ao quantized Conv2d [{eng}]" for eng in TORCH_AO_ENGINES]}
+        for bname, t in base.items():
+            rows.append(_int8_row(threads, name, "Int8Conv2d (static act.)", bname, t_ours, t, ops_count))
+    return rows
+
+
+def run_cnn_benchmarks(threads_list: List[int], repeats: int) -> List[dict]:
+    """CNN layer shapes (CNN_CASES): Int8Conv2d vs fp32 torch and torch.ao's quantized Conv2d engines."""
+    import warnings
+
+    warnings.filterwarnings("ignore")
+    rows = []
+    saved_engine = torch.backends.quantized.engine
+    saved_threads = torch.get_num_threads()
+    try:
+        for threads in threads_list:
+            torch.set_num_threads(threads)
+            pyslim.set_num_threads(None)
+            rows += _conv_rows(CNN_CASES, threads, repeats)
     finally:
         torch.set_num_threads(saved_threads)
         torch.backends.quantized.engine = saved_engine
@@ -410,8 +457,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--threads", default="1,2", help="comma-separated thread counts (default 1,2)")
     parser.add_argument("--repeats", type=int, default=7, help="timed runs per measurement (median reported)")
     parser.add_argument("--shapes", default=",".join(SHAPES), help="comma-separated subset of: " + ", ".join(SHAPES))
-    parser.add_argument("--suite", choices=("all", "fakequant", "int8", "fpgm"), default="all",
-                        help="fake-quant kernels, int8 GEMM/conv, FPGM scores vs torch.cdist, or all (default)")
+    parser.add_argument("--suite", choices=("all", "fakequant", "int8", "cnn", "fpgm"), default="all",
+                        help="fake-quant kernels, int8 GEMM/conv, int8 conv on CNN layer shapes (ResNet, ResNeXt, "
+                             "MobileNet stems), FPGM scores vs torch.cdist, or all (default)")
     parser.add_argument("--malloc", choices=("reuse", "default"), default="reuse",
                         help="reuse: glibc keeps freed memory (no page fault per fresh buffer; see "
                              "reuse_freed_memory); default: leave the allocator alone")
@@ -428,9 +476,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     rows = run_benchmarks(threads, args.repeats, {k: SHAPES[k] for k in wanted}) if args.suite in ("all", "fakequant") \
         else []
     int8_rows = run_int8_benchmarks(threads, args.repeats) if args.suite in ("all", "int8") else []
+    cnn_rows = run_cnn_benchmarks(threads, args.repeats) if args.suite in ("all", "cnn") else []
     fpgm_rows = run_fpgm_benchmarks(threads, args.repeats) if args.suite in ("all", "fpgm") else []
     result = {"native_info": info, "torch": torch.__version__, "rows": rows, "int8_rows": int8_rows,
-              "fpgm_rows": fpgm_rows}
+              "cnn_rows": cnn_rows, "fpgm_rows": fpgm_rows}
     if args.json == "-":
         print(json.dumps(result, indent=2))
         return 0
@@ -442,6 +491,10 @@ def main(argv: Optional[List[str]] = None) -> int:
         print()
         print(format_int8_table(int8_rows))
         print(int8_summary(int8_rows))
+    if cnn_rows:
+        print()
+        print(format_int8_table(cnn_rows))
+        print(int8_summary(cnn_rows))
     if fpgm_rows:
         print()
         print(format_fpgm_table(fpgm_rows))

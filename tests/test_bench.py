@@ -25,3 +25,16 @@ def test_tables_align_their_columns():
     int8 = _bench.format_int8_table([dict(threads=1, shape="s", op="o", baseline="b", pyslim_ms=1.0, baseline_ms=2.0,
                                           speedup=2.0, pyslim_GOPS=10.0)]).splitlines()
     assert len({len(line) for line in int8}) == 1 and "2.00x" in int8[2]
+
+
+def test_conv_rows_time_every_baseline_of_a_strided_and_a_grouped_case():
+    cases = {"a": dict(batch=1, cin=8, cout=16, k=3, groups=1, hw=9, stride=2),
+             "b": dict(batch=1, cin=32, cout=32, k=3, groups=8, hw=6)}
+    rows = _bench._conv_rows(cases, threads=1, repeats=1)
+    assert [r["shape"] for r in rows] == ["a"] * 4 + ["b"] * 4
+    assert rows[0]["baseline"] == "fp32 F.conv2d channels_last"
+    assert {r["baseline"] for r in rows[1:4]} == {f"torch.ao quantized Conv2d [{e}]" for e in _bench.TORCH_AO_ENGINES}
+    # 5 x 5 outputs of a 3x3 stride-2 convolution over 9 x 9 (padding 1), 16 channels, 8 inputs each
+    assert abs(rows[0]["pyslim_GOPS"] * rows[0]["pyslim_ms"] * 1e6 - 2 * 25 * 16 * 8 * 9) < 1e-3
+    assert all(r["pyslim_ms"] > 0 for r in rows)
+    assert "conv vs best torch.ao engine" in _bench.int8_summary(rows)
