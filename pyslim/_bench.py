@@ -228,58 +228,65 @@ def _torch_ao_conv(conv, engine, x_scale, x_zp):
     return run
 
 
-def run_int8_benchmarks(threads_list: List[int], repeats: int) -> List[dict]:
-    """int8 GEMM and convolution vs fp32 torch, torch.ao's quantized engines and torch._int_mm."""
+def _each_thread_count(threads_list: List[int]):
+    """Yields each thread count with torch and pyslim set to it (warnings of the deprecated torch.ao modules
+    silenced); restores torch's thread count and quantized engine when done."""
     import warnings
 
-    from pyslim.quant import nn as qnn
-
     warnings.filterwarnings("ignore")
-    rows = []
     saved_engine = torch.backends.quantized.engine
     saved_threads = torch.get_num_threads()
     try:
         for threads in threads_list:
             torch.set_num_threads(threads)
             pyslim.set_num_threads(None)
-            for m, n, k in GEMM_SHAPES:
-                lin = torch.nn.Linear(k, n).eval()
-                x = torch.randn(m, k)
-                ops_count = 2 * m * n * k
-                ours = qnn.Int8Linear.from_float(lin)
-                fns = {"ours": lambda: ours(x),
-                       "fp32 F.linear": lambda: torch.nn.functional.linear(x, lin.weight, lin.bias)}
-                for eng in TORCH_AO_ENGINES:
-                    try:
-                        q = _torch_ao_dynamic_linear(lin, eng)
-                        q(x)
-                        fns[f"torch.ao dynamic Linear [{eng}]"] = (lambda q, eng: lambda: _on_engine(eng, q, x))(q, eng)
-                    except Exception as exc:  # an engine missing from this torch build
-                        logger.info("torch.ao engine %s failed: %s", eng, exc)
-                # raw int8 x int8 -> int32 against torch._int_mm
-                a8 = torch.randint(-128, 128, (m, k), dtype=torch.int8)
-                w8t = ours.weight_int8.t().contiguous()
-                ours._ensure_packed()
-                fns["raw"] = lambda: ops.gemm_int8(a8, ours._packed, n)
-                try:
-                    torch._int_mm(a8, w8t)
-                    fns["torch._int_mm"] = lambda: torch._int_mm(a8, w8t)
-                except RuntimeError:
-                    pass
-                med = _interleaved_medians(fns, repeats)
-                t_ours, t_raw = med.pop("ours"), med.pop("raw")
-                t_int_mm = med.pop("torch._int_mm", float("nan"))
-                base = {name: med.get(name, float("nan")) for name in
-                        ["fp32 F.linear"] + [f"torch.ao dynamic Linear [{eng}]" for eng in TORCH_AO_ENGINES]}
-                for name, t in base.items():
-                    rows.append(_int8_row(threads, f"linear M={m} N={n} K={k}", "Int8Linear (dynamic)", name,
-                                          t_ours, t, ops_count))
-                rows.append(_int8_row(threads, f"linear M={m} N={n} K={k}", "gemm_int8 int32", "torch._int_mm",
-                                      t_raw, t_int_mm, ops_count))
-            rows += _conv_rows(CONV_CASES, threads, repeats)
+            yield threads
     finally:
         torch.set_num_threads(saved_threads)
         torch.backends.quantized.engine = saved_engine
+
+
+def run_int8_benchmarks(threads_list: List[int], repeats: int) -> List[dict]:
+    """int8 GEMM and convolution vs fp32 torch, torch.ao's quantized engines and torch._int_mm."""
+    from pyslim.quant import nn as qnn
+
+    rows = []
+    for threads in _each_thread_count(threads_list):
+        for m, n, k in GEMM_SHAPES:
+            lin = torch.nn.Linear(k, n).eval()
+            x = torch.randn(m, k)
+            ops_count = 2 * m * n * k
+            ours = qnn.Int8Linear.from_float(lin)
+            fns = {"ours": lambda: ours(x),
+                   "fp32 F.linear": lambda: torch.nn.functional.linear(x, lin.weight, lin.bias)}
+            for eng in TORCH_AO_ENGINES:
+                try:
+                    q = _torch_ao_dynamic_linear(lin, eng)
+                    q(x)
+                    fns[f"torch.ao dynamic Linear [{eng}]"] = (lambda q, eng: lambda: _on_engine(eng, q, x))(q, eng)
+                except Exception as exc:  # an engine missing from this torch build
+                    logger.info("torch.ao engine %s failed: %s", eng, exc)
+            # raw int8 x int8 -> int32 against torch._int_mm
+            a8 = torch.randint(-128, 128, (m, k), dtype=torch.int8)
+            w8t = ours.weight_int8.t().contiguous()
+            ours._ensure_packed()
+            fns["raw"] = lambda: ops.gemm_int8(a8, ours._packed, n)
+            try:
+                torch._int_mm(a8, w8t)
+                fns["torch._int_mm"] = lambda: torch._int_mm(a8, w8t)
+            except RuntimeError:
+                pass
+            med = _interleaved_medians(fns, repeats)
+            t_ours, t_raw = med.pop("ours"), med.pop("raw")
+            t_int_mm = med.pop("torch._int_mm", float("nan"))
+            base = {name: med.get(name, float("nan")) for name in
+                    ["fp32 F.linear"] + [f"torch.ao dynamic Linear [{eng}]" for eng in TORCH_AO_ENGINES]}
+            for name, t in base.items():
+                rows.append(_int8_row(threads, f"linear M={m} N={n} K={k}", "Int8Linear (dynamic)", name,
+                                      t_ours, t, ops_count))
+            rows.append(_int8_row(threads, f"linear M={m} N={n} K={k}", "gemm_int8 int32", "torch._int_mm",
+                                  t_raw, t_int_mm, ops_count))
+        rows += _conv_rows(CONV_CASES, threads, repeats)
     return rows
 
 
@@ -319,21 +326,7 @@ def _conv_rows(cases: Dict[str, dict], threads: int, repeats: int) -> List[dict]
 
 def run_cnn_benchmarks(threads_list: List[int], repeats: int) -> List[dict]:
     """CNN layer shapes (CNN_CASES): Int8Conv2d vs fp32 torch and torch.ao's quantized Conv2d engines."""
-    import warnings
-
-    warnings.filterwarnings("ignore")
-    rows = []
-    saved_engine = torch.backends.quantized.engine
-    saved_threads = torch.get_num_threads()
-    try:
-        for threads in threads_list:
-            torch.set_num_threads(threads)
-            pyslim.set_num_threads(None)
-            rows += _conv_rows(CNN_CASES, threads, repeats)
-    finally:
-        torch.set_num_threads(saved_threads)
-        torch.backends.quantized.engine = saved_engine
-    return rows
+    return [row for threads in _each_thread_count(threads_list) for row in _conv_rows(CNN_CASES, threads, repeats)]
 
 
 def _int8_row(threads, shape, op, baseline, t_ours, t_base, ops_count) -> dict:
