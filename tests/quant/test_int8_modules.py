@@ -136,3 +136,30 @@ def test_module_errors():
         conv(torch.randn(1, 3, 2, 2))
     with pytest.raises(ValueError, match=r"padding_mode='zeros'"):
         qnn.Int8Conv2d.from_float(nn.Conv2d(3, 4, 3, padding_mode="reflect"))
+
+
+@pytest.mark.parametrize("make,x", [
+    (lambda: qnn.Int8Linear.from_float(nn.Linear(16, 8), activation=(0.04, 3)), torch.randn(5, 16)),
+    (lambda: qnn.Int8Conv2d.from_float(nn.Conv2d(8, 4, 3), activation=(0.04, 3)), torch.randn(1, 8, 6, 6))])
+def test_static_activation_changes_are_seen(make, x):
+    # forward keeps the (scale, zero point) numbers between calls; an in-place change of the buffers, a
+    # state_dict load and a replaced buffer must each reach the next call (references: copies never run before).
+    import copy
+
+    q = make().eval()
+    fresh = copy.deepcopy(q)
+    y0 = q(x)
+    with torch.no_grad():
+        q.act_scale.fill_(0.07)
+        fresh.act_scale.fill_(0.07)
+    y1 = q(x)
+    assert torch.equal(y1, copy.deepcopy(fresh)(x)) and not torch.equal(y1, y0)
+    with torch.no_grad():
+        fresh.act_zero_point.fill_(120)  # clips x above (127 - 120) * 0.07: the outputs change
+    q.load_state_dict(fresh.state_dict())
+    y2 = q(x)
+    assert torch.equal(y2, copy.deepcopy(fresh)(x)) and not torch.equal(y2, y1)
+    q.act_scale = torch.tensor(0.04)  # a new buffer object
+    with torch.no_grad():
+        fresh.act_scale.fill_(0.04)
+    assert torch.equal(q(x), copy.deepcopy(fresh)(x))
