@@ -349,22 +349,22 @@ int64_t band_count(const ConvShape& s, int threads) {
   return bands;
 }
 
-// x is either int8 / uint8 (x_float null) or float32 quantized row by row while the padded image is built
-// (x_float, with x_scale / pad_value as the zero point: the quantize op's int8, one pass instead of two).
-// Tasks are bands of output rows of one image (a whole image when there are enough images for the threads):
-// each builds the padded rows its band reads in its own thread's scratch, then runs the GEMM over them in
-// blocks of about kPixelBlock output pixels, so the padded rows are read from the cache of the core that
-// wrote them (a whole padded batch built first ran from L3 at batch 8: 878 vs 954 GOPS per image at batch 1).
-// Neighbouring bands both build the KH - 1 rows they share.
-void conv2d_implicit(const KernelTable& k, const uint8_t* x, const float* x_float, float x_scale, bool x_signed,
-                     int32_t pad_value, const void* packed, const ConvShape& s, const GemmEpilogue& e, void* out,
-                     int threads) {
-  const int64_t C = pixel_bytes(s), N = s.out_c;
-  const int64_t Wp = s.in_w + 2 * s.pad_w;
-  const int64_t prow_bytes = Wp * C, halo = s.dilation_h * (s.kernel_h - 1);
-  const int64_t bands = band_count(s, threads);
+// The band-by-band skeleton of conv2d_implicit and conv2d_grouped. x is either int8 / uint8 (x_float null) or
+// float32 quantized row by row while the padded image is built (x_float, with x_scale / pad_value as the zero
+// point: the quantize op's int8, one pass instead of two). Tasks are bands of output rows of one image
+// (band_count): each builds the padded rows its band reads in its own thread's scratch, then goes over blocks
+// of whole output rows, about kPixelBlock pixels each, so the padded rows are read from the cache of the core
+// that wrote them (a whole padded batch built first ran from L3 at batch 8: 878 vs 954 GOPS per image at batch
+// 1). Neighbouring bands both build the KH - 1 rows they share. For each block, block_sums(xp, padded_rows,
+// r0, rows, acc, ldacc) writes the int32 sums of output rows [r0, r0 + rows) of the band (xp: its first padded
+// row) into acc, row j * out_w + i for output row r0 + j, column n; the epilogue then takes the block whole.
+template <typename BlockSums>
+void conv_bands(const KernelTable& k, const uint8_t* x, const float* x_float, float x_scale, int32_t pad_value,
+                const ConvShape& s, const GemmEpilogue& e, void* out, int threads, const BlockSums& block_sums) {
+  const int64_t N = s.out_c, prow_bytes = (s.in_w + 2 * s.pad_w) * pixel_bytes(s);
+  const int64_t halo = s.dilation_h * (s.kernel_h - 1), bands = band_count(s, threads);
   GemmEpilogue ek = e;
-  ek.k = s.kernel_h * s.kernel_w * C;
+  ek.k = s.kernel_h * s.kernel_w * weight_channels(s);
   const int64_t out_image = s.out_h * s.out_w;
   parallel_for(s.batch * bands, threads, [&](int64_t task) {
     const int64_t b = task / bands, band = task % bands;
@@ -374,23 +374,31 @@ void conv2d_implicit(const KernelTable& k, const uint8_t* x, const float* x_floa
     const int64_t hp0 = oh0 * s.stride_h, hp1 = (oh1 - 1) * s.stride_h + halo + 1;
     auto* xp = thread_scratch_as<uint8_t>(ScratchSlot::kPadded, static_cast<size_t>((hp1 - hp0) * prow_bytes));
     build_padded_rows(k, x, x_float, x_scale, pad_value, s, b, hp0, hp1, xp);
-    // Blocks of whole output rows, about kPixelBlock pixels each; every output row is one run of the kernel's
-    // rows (the padding columns between output rows are skipped), and the block's accumulators are the
-    // block's output pixels in order, so one epilogue call covers the block.
     const int64_t band_rows = oh1 - oh0;
     const int64_t per_block = std::max<int64_t>(1, kPixelBlock / s.out_w);
     const int64_t block = ceil_div(band_rows, ceil_div(band_rows, per_block));
     for (int64_t r0 = 0; r0 < band_rows; r0 += block) {
-      const int64_t rows = std::min(block, band_rows - r0) * s.out_w;
-      AccBlock acc(rows, 0, N);
-      k.conv_implicit_s32(xp + r0 * s.stride_h * prow_bytes, x_signed, s.stride_w * C, s.dilation_h * prow_bytes,
-                          s.kernel_h, s.kernel_w * C, s.out_w, s.stride_h * prow_bytes, packed, rows, N, 0, N,
-                          acc.base, acc.ld);
-      k.gemm_epilogue(acc.base, acc.ld, rows, b * out_image + (oh0 + r0) * s.out_w, 0, N, ek, out, N);
+      const int64_t rows = std::min(block, band_rows - r0);
+      AccBlock acc(rows * s.out_w, 0, N);
+      block_sums(xp, hp1 - hp0, r0, rows, acc.base, acc.ld);
+      k.gemm_epilogue(acc.base, acc.ld, rows * s.out_w, b * out_image + (oh0 + r0) * s.out_w, 0, N, ek, out, N);
     }
   });
 }
 
+// Every output row of a block is one run of the kernel's rows, so the padding columns between output rows
+// are skipped.
+void conv2d_implicit(const KernelTable& k, const uint8_t* x, const float* x_float, float x_scale, bool x_signed,
+                     int32_t pad_value, const void* packed, const ConvShape& s, const GemmEpilogue& e, void* out,
+                     int threads) {
+  const int64_t C = pixel_bytes(s), prow_bytes = (s.in_w + 2 * s.pad_w) * C;
+  conv_bands(k, x, x_float, x_scale, pad_value, s, e, out, threads,
+             [&](const uint8_t* xp, int64_t, int64_t r0, int64_t rows, int32_t* acc, int64_t ldacc) {
+               k.conv_implicit_s32(xp + r0 * s.stride_h * prow_bytes, x_signed, s.stride_w * C,
+                                   s.dilation_h * prow_bytes, s.kernel_h, s.kernel_w * C, s.out_w,
+                                   s.stride_h * prow_bytes, packed, rows * s.out_w, s.out_c, 0, s.out_c, acc, ldacc);
+             });
+}
 
 // True when conv2d_grouped applies: groups of a few channels that the path bundles (conv_grouped_fits).
 bool grouped_ok(const KernelTable& k, const ConvShape& s) {
@@ -398,58 +406,38 @@ bool grouped_ok(const KernelTable& k, const ConvShape& s) {
          k.conv_grouped_fits(s.groups, s.in_c / s.groups, s.out_c / s.groups, s.kernel_h * s.kernel_w);
 }
 
-// Grouped convolution on the path's bundled kernel (kernels.h conv_grouped_s32), band by band as in
-// conv2d_implicit, any stride / dilation / padding: each task builds the padded rows its band of output rows
-// reads, the kernel reorders them in place on its first block, and the blocks of about kPixelBlock output
-// pixels (whole output rows) go through the epilogue over all columns at once.
+// Grouped convolution on the path's bundled kernel (kernels.h conv_grouped_s32), any stride / dilation /
+// padding, band by band (conv_bands); the kernel reorders a band in place on its first block.
 void conv2d_grouped(const KernelTable& k, const uint8_t* x, const float* x_float, float x_scale, bool x_signed,
                     int32_t pad_value, const void* packed, int64_t group_stride, const ConvShape& s,
                     const GemmEpilogue& e, void* out, int threads) {
-  const int64_t C = s.in_c, N = s.out_c, Wp = s.in_w + 2 * s.pad_w, prow_bytes = Wp * C;
-  const int64_t bands = band_count(s, threads);
-  GemmEpilogue ek = e;
-  ek.k = s.kernel_h * s.kernel_w * (C / s.groups);
-  const int64_t out_image = s.out_h * s.out_w;
-  parallel_for(s.batch * bands, threads, [&](int64_t task) {
-    const int64_t b = task / bands, band = task % bands;
-    const int64_t oh0 = s.out_h * band / bands, oh1 = s.out_h * (band + 1) / bands;
-    if (oh1 <= oh0) return;
-    const int64_t hp0 = oh0 * s.stride_h, hp1 = (oh1 - 1) * s.stride_h + s.dilation_h * (s.kernel_h - 1) + 1;
-    auto* xp = thread_scratch_as<uint8_t>(ScratchSlot::kPadded, static_cast<size_t>((hp1 - hp0) * prow_bytes));
-    build_padded_rows(k, x, x_float, x_scale, pad_value, s, b, hp0, hp1, xp);
-    GroupedConvBand g{};
-    g.x = xp;
-    g.x_signed = x_signed;
-    g.padded_rows = hp1 - hp0;
-    g.padded_w = Wp;
-    g.channels = C;
-    g.groups = s.groups;
-    g.cin_g = C / s.groups;
-    g.cout_g = N / s.groups;
-    g.kernel_h = s.kernel_h;
-    g.kernel_w = s.kernel_w;
-    g.stride_h = s.stride_h;
-    g.stride_w = s.stride_w;
-    g.dilation_h = s.dilation_h;
-    g.dilation_w = s.dilation_w;
-    g.out_w = s.out_w;
-    g.packed = packed;
-    g.group_stride = group_stride;
-    const int64_t band_rows = oh1 - oh0;
-    const int64_t per_block = std::max<int64_t>(1, kPixelBlock / s.out_w);
-    const int64_t block = ceil_div(band_rows, ceil_div(band_rows, per_block));
-    for (int64_t r0 = 0; r0 < band_rows; r0 += block) {
-      const int64_t rows = std::min(block, band_rows - r0);
-      AccBlock acc(rows * s.out_w, 0, N);
-      g.row_begin = r0;
-      g.row_end = r0 + rows;
-      g.prepare = r0 == 0;
-      g.acc = acc.base;
-      g.ldacc = acc.ld;
-      k.conv_grouped_s32(g);
-      k.gemm_epilogue(acc.base, acc.ld, rows * s.out_w, b * out_image + (oh0 + r0) * s.out_w, 0, N, ek, out, N);
-    }
-  });
+  conv_bands(k, x, x_float, x_scale, pad_value, s, e, out, threads,
+             [&](uint8_t* xp, int64_t padded_rows, int64_t r0, int64_t rows, int32_t* acc, int64_t ldacc) {
+               GroupedConvBand g{};
+               g.x = xp;
+               g.x_signed = x_signed;
+               g.padded_rows = padded_rows;
+               g.padded_w = s.in_w + 2 * s.pad_w;
+               g.channels = s.in_c;
+               g.groups = s.groups;
+               g.cin_g = s.in_c / s.groups;
+               g.cout_g = s.out_c / s.groups;
+               g.kernel_h = s.kernel_h;
+               g.kernel_w = s.kernel_w;
+               g.stride_h = s.stride_h;
+               g.stride_w = s.stride_w;
+               g.dilation_h = s.dilation_h;
+               g.dilation_w = s.dilation_w;
+               g.row_begin = r0;
+               g.row_end = r0 + rows;
+               g.out_w = s.out_w;
+               g.prepare = r0 == 0;
+               g.packed = packed;
+               g.group_stride = group_stride;
+               g.acc = acc;
+               g.ldacc = ldacc;
+               k.conv_grouped_s32(g);
+             });
 }
 
 }  // namespace

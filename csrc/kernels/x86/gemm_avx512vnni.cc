@@ -323,12 +323,13 @@ void gemm(const uint8_t* A, int64_t lda, const void* packed, int64_t M, int64_t 
   }
 }
 
-// Rows of the next row tile when `left` rows remain in a run: whole kMR-row tiles, but a remainder of 1 to
-// kMR - 1 rows after the last whole tile is shared with it as two near-equal tiles (7 -> 4 + 3, 8 -> 4 + 4),
-// so that no tile is left with one or two rows, whose four W loads per group feed only 4 or 8 vpdpbusd.
-inline int64_t tile_rows(int64_t left) {
-  if (left > kMR && left < 2 * kMR) return (left + 1) / 2;
-  return min64(kMR, left);
+// Rows of the next row tile of at most `tile` rows when `left` rows remain in a run: whole tiles, but a
+// remainder of 1 to tile - 1 rows after the last whole tile is shared with it as two near-equal tiles (7 -> 4 + 3
+// for 6-row tiles), so that no tile is left with one or two rows, whose W loads per group feed only a few
+// vpdpbusd.
+inline int64_t tile_rows(int64_t left, int64_t tile) {
+  if (left > tile && left < 2 * tile) return (left + 1) / 2;
+  return min64(tile, left);
 }
 
 // Implicit-GEMM convolution (kernels.h conv_implicit_s32): the direct-read GEMM above with A row m gathered
@@ -365,7 +366,7 @@ void conv_implicit(const uint8_t* X, int64_t pixel_stride, int64_t segment_strid
           const int32_t* b = bias ? bias + n0 : nullptr;
           for (int64_t m = m0; m < m1;) {
             const int64_t j = m / run, i = m % run;
-            const int64_t rows = tile_rows(min64(run - i, m1 - m));
+            const int64_t rows = tile_rows(min64(run - i, m1 - m), kMR);
             int32_t* c = C + m * ldc + n0;
             const uint8_t* at = X + j * run_stride + i * pixel_stride + s0 * segment_stride + c0 * 4;
             tile<kSigned>(rows, at, pixel_stride, wp, kg, c, ldc, b, first, cols, nullptr, 0, ns, segment_stride);
@@ -505,19 +506,13 @@ __attribute__((noinline)) void grouped_tile(const uint8_t* a, int64_t pstride, c
 }
 #undef PYSLIM_GRP_ROWS
 
-// Rows of the next tile when `left` pixels of the output row remain (as tile_rows, for kGrpRows).
-inline int64_t grouped_tile_rows(int64_t left) {
-  if (left > kGrpRows && left < 2 * kGrpRows) return (left + 1) / 2;
-  return min64(kGrpRows, left);
-}
-
 template <int S, int V>
 void grouped_rows(const GroupedConvBand& b, const uint8_t* xb, const int64_t* aoff, const int32_t* wv,
                   int64_t wstride, int64_t steps, const int32_t* init, const int32_t* perm, int64_t u) {
   const int64_t prow = b.padded_w * b.channels, pstride = b.stride_w * b.channels;
   for (int64_t j = b.row_begin; j < b.row_end; ++j) {
     for (int64_t i = 0; i < b.out_w;) {
-      const int64_t R = grouped_tile_rows(b.out_w - i);
+      const int64_t R = tile_rows(b.out_w - i, kGrpRows);
       const uint8_t* a = xb + j * b.stride_h * prow + i * pstride;
       int32_t* c = b.acc + ((j - b.row_begin) * b.out_w + i) * b.ldacc + u * 16 * V;
       switch (R) {
