@@ -359,6 +359,30 @@ def test_int8_ops_opcheck():
                                                          1, 0))
 
 
+def check_drawn_conv(data, cin, cout, groups, max_kernel, max_size, with_bias):
+    """Draws a geometry (kernel up to max_kernel, stride, padding, dilation, an input of up to max_size pixels a
+    side that holds the dilated kernel), a signed or unsigned input with its zero point and int8 weights, and
+    checks ops.conv2d_int8 against the exact reference up to the float epilogue's rounding."""
+    kh, kw = data.draw(st.integers(1, max_kernel)), data.draw(st.integers(1, max_kernel))
+    stride = (data.draw(st.integers(1, 3)), data.draw(st.integers(1, 3)))
+    padding = (data.draw(st.integers(0, 2)), data.draw(st.integers(0, 2)))
+    dilation = (data.draw(st.integers(1, 2)), data.draw(st.integers(1, 2)))
+    # the padded input must hold the dilated kernel
+    h = data.draw(st.integers(max(1, dilation[0] * (kh - 1) + 1 - 2 * padding[0]), max_size), label="h")
+    w_ = data.draw(st.integers(max(1, dilation[1] * (kw - 1) + 1 - 2 * padding[1]), max_size), label="w")
+    signed = data.draw(st.booleans(), label="signed")
+    x = torch.randint(-128, 128, (2, h, w_, cin), dtype=torch.int8) if signed else \
+        torch.randint(0, 256, (2, h, w_, cin), dtype=torch.uint8)
+    zp = data.draw(st.integers(-128, 127) if signed else st.integers(0, 255), label="zp")
+    w = int8(cout, cin // groups, kh, kw, lo=-127)
+    wscale = torch.rand(cout) * 0.02 + 1e-3
+    bias = torch.randn(cout) if with_bias else None
+    y = ops.conv2d_int8(x, 0.02, zp, w, wscale, bias, stride, padding, dilation, groups)
+    ref = R.conv2d_int8(x, 0.02, zp, w, wscale, bias, stride, padding, dilation, groups)
+    assert y.shape == ref.shape
+    assert bool(((y - ref).abs() <= epilogue_tolerance(ref, bias) + 1e-6).all())
+
+
 @HYP
 @given(data=st.data())
 def test_conv_hypothesis(isa, data):
@@ -367,48 +391,14 @@ def test_conv_hypothesis(isa, data):
     depthwise = data.draw(st.booleans(), label="depthwise")
     cout = cin if depthwise else groups * data.draw(st.integers(1, 6), label="cout_g")
     groups = cin if depthwise else groups
-    kh, kw = data.draw(st.integers(1, 4)), data.draw(st.integers(1, 4))
-    stride = (data.draw(st.integers(1, 3)), data.draw(st.integers(1, 3)))
-    padding = (data.draw(st.integers(0, 2)), data.draw(st.integers(0, 2)))
-    dilation = (data.draw(st.integers(1, 2)), data.draw(st.integers(1, 2)))
-    # the padded input must hold the dilated kernel
-    h = data.draw(st.integers(max(1, dilation[0] * (kh - 1) + 1 - 2 * padding[0]), 9), label="h")
-    w_ = data.draw(st.integers(max(1, dilation[1] * (kw - 1) + 1 - 2 * padding[1]), 9), label="w")
-    signed = data.draw(st.booleans(), label="signed")
-    x = torch.randint(-128, 128, (2, h, w_, cin), dtype=torch.int8) if signed else \
-        torch.randint(0, 256, (2, h, w_, cin), dtype=torch.uint8)
-    zp = data.draw(st.integers(-128, 127) if signed else st.integers(0, 255), label="zp")
-    w = int8(cout, cin // groups, kh, kw, lo=-127)
-    wscale = torch.rand(cout) * 0.02 + 1e-3
-    y = ops.conv2d_int8(x, 0.02, zp, w, wscale, None, stride, padding, dilation, groups)
-    ref = R.conv2d_int8(x, 0.02, zp, w, wscale, None, stride, padding, dilation, groups)
-    assert y.shape == ref.shape
-    assert bool(((y - ref).abs() <= epilogue_tolerance(ref) + 1e-6).all())
+    check_drawn_conv(data, cin, cout, groups, max_kernel=4, max_size=9, with_bias=False)
 
 
 @HYP
 @given(data=st.data())
 def test_grouped_conv_hypothesis(isa, data):
-    # Groups of the sizes the bundled grouped kernel takes (and a few it declines), any geometry: exact against
-    # the reference up to the float epilogue's rounding.
+    # Groups of the sizes the bundled grouped kernel takes (and a few it declines), any geometry.
     groups = data.draw(st.sampled_from([2, 4, 8, 16]), label="groups")
     cin_g = data.draw(st.sampled_from([4, 8, 12, 16, 32]), label="cin_g")
     cout_g = data.draw(st.sampled_from([2, 4, 8, 16, 32, 3]), label="cout_g")
-    cin, cout = groups * cin_g, groups * cout_g
-    kh, kw = data.draw(st.integers(1, 3)), data.draw(st.integers(1, 3))
-    stride = (data.draw(st.integers(1, 3)), data.draw(st.integers(1, 3)))
-    padding = (data.draw(st.integers(0, 2)), data.draw(st.integers(0, 2)))
-    dilation = (data.draw(st.integers(1, 2)), data.draw(st.integers(1, 2)))
-    h = data.draw(st.integers(max(1, dilation[0] * (kh - 1) + 1 - 2 * padding[0]), 11), label="h")
-    w_ = data.draw(st.integers(max(1, dilation[1] * (kw - 1) + 1 - 2 * padding[1]), 11), label="w")
-    signed = data.draw(st.booleans(), label="signed")
-    x = torch.randint(-128, 128, (2, h, w_, cin), dtype=torch.int8) if signed else \
-        torch.randint(0, 256, (2, h, w_, cin), dtype=torch.uint8)
-    zp = data.draw(st.integers(-128, 127) if signed else st.integers(0, 255), label="zp")
-    w = int8(cout, cin_g, kh, kw, lo=-127)
-    wscale = torch.rand(cout) * 0.02 + 1e-3
-    bias = torch.randn(cout)
-    y = ops.conv2d_int8(x, 0.02, zp, w, wscale, bias, stride, padding, dilation, groups)
-    ref = R.conv2d_int8(x, 0.02, zp, w, wscale, bias, stride, padding, dilation, groups)
-    assert y.shape == ref.shape
-    assert bool(((y - ref).abs() <= epilogue_tolerance(ref, bias) + 1e-6).all())
+    check_drawn_conv(data, groups * cin_g, groups * cout_g, groups, max_kernel=3, max_size=11, with_bias=True)
